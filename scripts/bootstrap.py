@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Bring a machine from "Docker Engine + Python 3 + apt" to "can build and test Trinity".
+
+Idempotent: every step first checks whether its result is already there and skips if so.
+Each step prints its name and how long it took, because the first run takes minutes.
+
+Steps (in this order, each needs the one before):
+  base-image   BASE_IMAGE (default debian:trixie-slim): pulled where a registry answers, otherwise
+               built from Debian packages with mmdebstrap and `docker import`ed under that name.
+  compose      the `docker compose` v2 and buildx CLI plugins, taken from Debian's own trixie
+               packages (apt-get download inside the base image) when `docker compose` is missing.
+  wheelhouse   wheelhouse/<image>/ filled on the host from requirements/<image>.lock (exact
+               versions, hashes), so image builds need no network for Python packages.
+  host-venv    .venv with the host-side test tools from requirements/host.lock.
+
+Standard library only: it runs before anything else is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BASE_IMAGE = "debian:trixie-slim"
+# Label on everything this project builds, so `make clean` removes only ours.
+PROJECT_LABEL = "org.trinity.project=trinity"
+IMAGE_PYTHON = "3.13"  # Debian trixie's python3; locks are resolved for it.
+APP_LOCKS = ("django", "fastapi")
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# Paths a slim image leaves out (the same idea as the Hub's -slim variants).
+SLIM_DPKG_OPTS = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-exclude=/usr/share/info/*",
+)
+# Variables of the host that must not leak into a chroot or image build (they point at host
+# paths, certificates or package indexes).
+LEAKY_ENV_PREFIXES = ("PIP_", "UV_", "PYTHON", "REQUESTS_CA", "SSL_CERT", "CURL_CA", "VIRTUAL_ENV")
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"bootstrap: {msg}", flush=True)
+
+
+def run(cmd: list[str], *, env: dict | None = None, check: bool = True, capture: bool = False,
+        timeout: float | None = None, stdin=None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, env=env, check=check, text=True, timeout=timeout, stdin=stdin,
+                              stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.PIPE if capture else None)
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or "").strip()[-2000:] if capture else ""
+        raise StepFailed(f"command failed ({exc.returncode}): {' '.join(cmd)}\n{detail}") from None
+
+
+def succeeds(cmd: list[str], timeout: float = 120) -> bool:
+    try:
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=timeout).returncode == 0
+    except (subprocess.TimeoutExpired, FileNotFoundError):
+        return False
+
+
+# ---- pure helpers (unit-tested in tests/unit/test_bootstrap.py) -------------------------------
+
+def clean_env(environ: dict[str, str]) -> dict[str, str]:
+    """The host environment minus what would leak host pip/CA/proxy-to-python settings."""
+    return {k: v for k, v in environ.items() if not k.startswith(LEAKY_ENV_PREFIXES)}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wheelhouse_is_current(lock: Path, wheel_dir: Path) -> bool:
+    """True when wheel_dir was filled from exactly this lock file (stamp = the lock's sha256)."""
+    stamp = wheel_dir / ".lock-sha256"
+    return stamp.is_file() and stamp.read_text().strip() == sha256_of(lock)
+
+
+def pip_download_command(python: str, lock: Path, dest: Path) -> list[str]:
+    """Fetch exactly the locked wheels for the image's Python and platform, nothing else.
+
+    --no-deps: the lock is already complete and resolved for the image's Python, so the host's
+    Python must not re-judge environment markers.
+    """
+    return [python, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+            "--python-version", IMAGE_PYTHON, "--implementation", "cp",
+            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+            "--platform", "manylinux2014_x86_64", "--platform", "linux_x86_64",
+            "--platform", "any",
+            "--require-hashes", "-r", str(lock), "-d", str(dest)]
+
+
+def mmdebstrap_command(suite: str, packages: tuple[str, ...], apt_opts: list[str]) -> list[str]:
+    """A trixie rootfs as a tar on stdout: only `packages`, slim, nothing of the host kept."""
+    cmd = ["mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--skip=output/dev",
+           "--include=" + ",".join(packages)]
+    cmd += [f"--aptopt={opt}" for opt in apt_opts]
+    cmd += [f"--dpkgopt={opt}" for opt in SLIM_DPKG_OPTS]
+    # The chroot got the host's resolv.conf and hostname for the build; Docker supplies its own.
+    # The apt cache and lists are cleaned as in the Hub's images (docker-clean does it on
+    # every later apt run too).
+    cmd += ["--customize-hook=rm -f \"$1/etc/resolv.conf\" \"$1/etc/hostname\"",
+            "--customize-hook=printf '%s\\n' "
+            "'DPkg::Post-Invoke { \"rm -f /var/cache/apt/archives/*.deb "
+            "/var/cache/apt/*.bin || true\"; };' "
+            "'APT::Update::Post-Invoke { \"rm -f /var/cache/apt/archives/*.deb "
+            "/var/cache/apt/*.bin || true\"; };' "
+            "'Dir::Cache::pkgcache \"\"; Dir::Cache::srcpkgcache \"\";' "
+            "> \"$1/etc/apt/apt.conf.d/docker-clean\"",
+            suite, "-"]
+    return cmd
+
+
+def docker_import_command(image: str) -> list[str]:
+    # An imported image has no config: give it PATH and a shell like the Hub's debian image.
+    return ["docker", "import",
+            "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--change", "ENV LANG=C.UTF-8",
+            "--change", f"LABEL {PROJECT_LABEL}",
+            "--change", "LABEL org.trinity.base=mmdebstrap",
+            "--change", 'CMD ["bash"]',
+            "-", image]
+
+
+def cli_plugins_dir(environ: dict[str, str]) -> Path:
+    config = environ.get("DOCKER_CONFIG") or str(Path(environ.get("HOME", "/root")) / ".docker")
+    return Path(config) / "cli-plugins"
+
+
+# ---- steps ------------------------------------------------------------------------------------
+
+def image_exists(image: str) -> bool:
+    return succeeds(["docker", "image", "inspect", image], timeout=30)
+
+
+def step_base_image(image: str) -> str:
+    if image_exists(image):
+        return f"{image} present"
+    if succeeds(["docker", "pull", image], timeout=120):
+        return f"{image} pulled"
+    log(f"{image} cannot be pulled (no registry?): building it from Debian packages")
+    if shutil.which("mmdebstrap") is None:
+        env = clean_env(dict(os.environ))
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "mmdebstrap"], env=env)
+    # Validity switch only: a snapshot mirror's Release files may be past Valid-Until. mmdebstrap
+    # keeps every --aptopt in the image, so pass nothing host-specific here.
+    apt_opts = ['Acquire::Check-Valid-Until "false"']
+    env = clean_env(dict(os.environ))
+    build = subprocess.Popen(mmdebstrap_command("trixie", BASE_PACKAGES, apt_opts),
+                             stdout=subprocess.PIPE, env=env)
+    imported = subprocess.run(docker_import_command(image), stdin=build.stdout,
+                              stdout=subprocess.DEVNULL)
+    build.stdout.close()
+    if build.wait() != 0 or imported.returncode != 0:
+        raise StepFailed(f"building {image} with mmdebstrap failed "
+                         f"(mmdebstrap exit {build.returncode}, docker import exit "
+                         f"{imported.returncode})")
+    return f"{image} built from Debian trixie packages"
+
+
+def step_compose(image: str) -> str:
+    if succeeds(["docker", "compose", "version"], timeout=30):
+        return "docker compose present"
+    dest = cli_plugins_dir(dict(os.environ))
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        script = ("set -e; apt-get update -qq; cd /tmp; "
+                  "apt-get download -qq docker-compose docker-buildx; "
+                  "for deb in *.deb; do dpkg-deb -x \"$deb\" /tmp/x; done; "
+                  "cp /tmp/x/usr/libexec/docker/cli-plugins/docker-* /out/")
+        run(["docker", "run", "--rm", "--network", "bridge", "-v", f"{tmp}:/out", image,
+             "sh", "-c", script], capture=True)
+        for plugin in ("docker-compose", "docker-buildx"):
+            target = dest / plugin
+            shutil.copy2(Path(tmp) / plugin, target)
+            target.chmod(0o755)
+    version = run(["docker", "compose", "version", "--short"], capture=True).stdout.strip()
+    return f"docker compose {version} installed into {dest} from Debian's packages"
+
+
+def step_wheelhouse() -> str:
+    done = []
+    for name in APP_LOCKS:
+        lock = ROOT / "requirements" / f"{name}.lock"
+        dest = ROOT / "wheelhouse" / name
+        if wheelhouse_is_current(lock, dest):
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        for old in dest.glob("*.whl"):  # wheels of an older lock
+            old.unlink()
+        run(pip_download_command(sys.executable, lock, dest))
+        (dest / ".lock-sha256").write_text(sha256_of(lock) + "\n")
+        done.append(f"{name}: {len(list(dest.glob('*.whl')))} wheels")
+    return ", ".join(done) if done else "current"
+
+
+def step_host_venv() -> str:
+    lock = ROOT / "requirements" / "host.lock"
+    venv = ROOT / ".venv"
+    stamp = venv / ".lock-sha256"
+    if stamp.is_file() and stamp.read_text().strip() == sha256_of(lock):
+        return "current"
+    run([sys.executable, "-m", "venv", "--clear", str(venv)])
+    run([str(venv / "bin" / "pip"), "install", "--quiet", "--require-hashes", "-r", str(lock)])
+    stamp.write_text(sha256_of(lock) + "\n")
+    return f"{venv.name} created"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("steps", nargs="*", default=["base-image", "compose", "wheelhouse",
+                                                     "host-venv"])
+    args = parser.parse_args(argv)
+    if not succeeds(["docker", "info"], timeout=30):
+        print("bootstrap: the Docker Engine does not answer (`docker info` failed): start it "
+              "first", file=sys.stderr)
+        return 1
+    image = os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    steps = {"base-image": lambda: step_base_image(image), "compose": lambda: step_compose(image),
+             "wheelhouse": step_wheelhouse, "host-venv": step_host_venv}
+    total = time.monotonic()
+    for name in args.steps:
+        if name not in steps:
+            parser.error(f"unknown step {name!r}; known: {', '.join(steps)}")
+        started = time.monotonic()
+        try:
+            outcome = steps[name]()
+        except StepFailed as exc:
+            print(f"bootstrap: step {name} FAILED after {time.monotonic() - started:.1f}s: {exc}",
+                  file=sys.stderr)
+            return 1
+        log(f"{name:<10} {time.monotonic() - started:6.1f}s  {outcome}")
+    log(f"done in {time.monotonic() - total:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

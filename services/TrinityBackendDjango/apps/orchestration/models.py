@@ -1,0 +1,59 @@
+"""TaskRun: one requested operation, its Celery task and its outcome (one table per schema)."""
+
+from django.db import models
+
+from config.celery_settings import OPERATION_KINDS
+
+
+class TaskRun(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "PENDING"  # recorded, not yet published
+        QUEUED = "QUEUED"  # published to the broker
+        RUNNING = "RUNNING"  # claimed by a worker
+        SUCCESS = "SUCCESS"
+        FAILURE = "FAILURE"
+
+    FINAL = (Status.SUCCESS, Status.FAILURE)
+
+    operation = models.CharField(max_length=50, choices=[(name, name) for name in OPERATION_KINDS])
+    payload = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING,
+                              db_index=True)
+    celery_task_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+
+    def __str__(self) -> str:
+        return f"TaskRun {self.pk} {self.operation} {self.status}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.pk,
+            "operation": self.operation,
+            "payload": self.payload,
+            "status": self.status,
+            "celery_task_id": self.celery_task_id or None,
+            "result": self.result,
+            "error": self.error or None,
+            "attempts": self.attempts,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+def _iso(value):
+    return value.isoformat() if value else None

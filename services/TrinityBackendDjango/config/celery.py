@@ -1,0 +1,31 @@
+"""The Celery app of the Django image: ``celery -A config.celery worker|beat|status|inspect``.
+
+All settings come from :mod:`config.celery_settings` (shared with FastAPI).
+"""
+
+import os
+import sys
+
+from celery import Celery
+
+from config.celery_settings import SettingsError, configure_celery_app
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("trinity")
+try:
+    configure_celery_app(app)
+except SettingsError as exc:
+    print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+# Check Django's variables now too, so a worker with a bad DATABASE_URL stops at
+# start with one line instead of failing on its first task.
+from config.startup import load_settings_or_exit  # noqa: E402
+
+load_settings_or_exit()
+
+# Tasks are found in every installed app's tasks.py (the Django fixup supplies the list).
+app.autodiscover_tasks()
+
+celery_app = app

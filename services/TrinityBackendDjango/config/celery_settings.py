@@ -1,0 +1,302 @@
+"""Every Celery setting of Trinity, shared by the Django and the FastAPI services.
+
+Both ``config/celery.py`` (Django) and ``app/celery_app.py`` (FastAPI) call
+:func:`configure_celery_app`, so whichever side publishes a task, it lands on the
+same broker, in the same queues, with the same serializer and retry policy.
+
+This module is copied alone into the FastAPI image (which has no Django), so it
+may import only the standard library, celery/kombu and (lazily) redis.
+
+Environment contract (an empty string counts as unset):
+
+REDIS_URL                  required unless both URLs below are set
+CELERY_BROKER_URL          default REDIS_URL
+CELERY_RESULT_BACKEND      default REDIS_URL
+CELERY_TASK_DEFAULT_QUEUE  default "trinity.tasks"
+CELERY_BEAT_QUEUE          default "<default queue>.beat"
+CELERY_CPU_QUEUE           default "<default queue>.cpu"
+CELERY_IO_QUEUE            default "<default queue>.io"
+CELERY_WORKER_CONCURRENCY  default os.cpu_count(); integer >= 1
+CELERY_VISIBILITY_TIMEOUT  default 3600 (seconds); integer >= 1
+
+A bad value raises :class:`SettingsError` whose message starts with the
+variable's name, so the start-up log says exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from kombu import Exchange, Queue
+
+# Task names are spelled out (not imported) so FastAPI can publish them without Django.
+EXECUTE_TASK = "apps.orchestration.tasks.execute_task"
+RUN_OPERATION = "apps.orchestration.tasks.run_operation"
+MARK_STUCK_TASK_RUNS = "apps.orchestration.tasks.mark_stuck_task_runs"
+
+# Operation name -> kind of queue it belongs on. The callables live in
+# apps/orchestration/operations.py; this table is Django-free so FastAPI can
+# validate and route without importing them.
+OPERATION_KINDS: dict[str, str] = {
+    "noop": "default",
+    "echo": "default",
+    "sleep": "io",  # waits on time, not on CPU: fits a threads pool
+    "primes": "cpu",  # counts primes below n: fits a prefork pool
+    "fail": "default",
+}
+
+DEFAULT_QUEUE = "trinity.tasks"
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+# Redis sockets: fail fast instead of hanging when Redis is gone.
+SOCKET_TIMEOUT = 5.0
+SOCKET_CONNECT_TIMEOUT = 2.0
+REDBEAT_KEY_PREFIX = "trinity.redbeat"
+MARK_STUCK_EVERY_SECONDS = 60.0
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message starts with its name."""
+
+
+class UnknownOperation(ValueError):
+    """The operation name is not in :data:`OPERATION_KINDS`."""
+
+
+def _get(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _redis_url(name: str, value: str) -> str:
+    """Check that ``value`` is a usable redis:// or rediss:// URL."""
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: not a valid URL ({exc}), got {value!r}") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise SettingsError(
+            f"{name}: scheme must be redis:// or rediss://, got {_redact(value)!r}"
+        )
+    try:
+        parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError:
+        raise SettingsError(f"{name}: port must be an integer, got {_redact(value)!r}") from None
+    if not parts.hostname:
+        raise SettingsError(f"{name}: host is missing, got {_redact(value)!r}")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise SettingsError(
+            f"{name}: database must be an integer (redis://host:6379/0), got {_redact(value)!r}"
+        )
+    return value
+
+
+def _redact(url: str) -> str:
+    """Hide a password before a URL reaches an error message or a log."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = _get(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingsError(f"{name}: must be a positive integer, got {raw!r}")
+    return value
+
+
+def _queue_name(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = _get(environ, name) or default
+    if any(ch.isspace() for ch in value):
+        raise SettingsError(f"{name}: must not contain whitespace, got {value!r}")
+    return value
+
+
+def queue_names(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Queue name per kind: ``default``, ``cpu``, ``io`` and ``beat``."""
+    environ = os.environ if environ is None else environ
+    default = _queue_name(environ, "CELERY_TASK_DEFAULT_QUEUE", DEFAULT_QUEUE)
+    return {
+        "default": default,
+        "cpu": _queue_name(environ, "CELERY_CPU_QUEUE", f"{default}.cpu"),
+        "io": _queue_name(environ, "CELERY_IO_QUEUE", f"{default}.io"),
+        "beat": _queue_name(environ, "CELERY_BEAT_QUEUE", f"{default}.beat"),
+    }
+
+
+def queue_for_operation(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The queue an operation is sent to; unknown names raise :class:`UnknownOperation`."""
+    kind = OPERATION_KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        known = ", ".join(sorted(OPERATION_KINDS))
+        raise UnknownOperation(f"unknown operation {name!r}; known operations: {known}")
+    return queue_names(environ)[kind]
+
+
+def make_router(queues: Mapping[str, str]):
+    """Build the ``task_routes`` function for the given queue names.
+
+    ``run_operation`` goes to the queue of its operation's kind; the beat job to
+    the beat queue. Everything else (``execute_task`` published without an
+    explicit queue, e.g. from a shell) goes to the default queue. A queue passed
+    explicitly to ``apply_async``/``send_task`` always wins over this router.
+    """
+
+    def route_task(name, args, kwargs, options, task=None, **_):
+        if name == RUN_OPERATION:
+            operation = args[0] if args else (kwargs or {}).get("operation")
+            return {"queue": queues[OPERATION_KINDS.get(operation, "default")]}
+        if name == MARK_STUCK_TASK_RUNS:
+            return {"queue": queues["beat"]}
+        return None
+
+    return route_task
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> dict:
+    """Read the environment and return Celery's settings (lowercase names) as a dict."""
+    environ = os.environ if environ is None else environ
+
+    redis_url = _get(environ, "REDIS_URL")
+    broker_url = _get(environ, "CELERY_BROKER_URL")
+    result_backend = _get(environ, "CELERY_RESULT_BACKEND")
+    if redis_url is not None:
+        redis_url = _redis_url("REDIS_URL", redis_url)
+    if broker_url is None or result_backend is None:
+        if redis_url is None:
+            raise SettingsError(
+                "REDIS_URL: required (or set both CELERY_BROKER_URL and CELERY_RESULT_BACKEND)"
+            )
+    broker_url = _redis_url("CELERY_BROKER_URL", broker_url) if broker_url else redis_url
+    result_backend = (
+        _redis_url("CELERY_RESULT_BACKEND", result_backend) if result_backend else redis_url
+    )
+
+    queues = queue_names(environ)
+    concurrency = _positive_int(environ, "CELERY_WORKER_CONCURRENCY", os.cpu_count() or 1)
+    visibility_timeout = _positive_int(
+        environ, "CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT
+    )
+
+    # Bounded retries for every publish, so .delay() fails in ~2 s while Redis is down.
+    publish_retry = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+    redis_sockets = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
+        "socket_keepalive": True,  # notice a dead peer behind a NAT/bridge
+        "retry_on_timeout": True,
+    }
+
+    return {
+        "broker_url": broker_url,
+        "result_backend": result_backend,
+        # JSON only: no pickle, so a message can never run code, and FastAPI can read results.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Queues are declared so `inspect active_queues` lists them and a plain worker consumes all.
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in dict.fromkeys(queues.values())
+        ),
+        "task_default_queue": queues["default"],
+        "task_default_exchange": queues["default"],
+        "task_default_routing_key": queues["default"],
+        "task_routes": (make_router(queues),),
+        "worker_concurrency": concurrency,
+        # Ack after the task ran, and requeue if the worker dies: tasks are idempotent,
+        # so a rerun is harmless while a lost task is not.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: short tasks never wait behind a long one.
+        "worker_prefetch_multiplier": 1,
+        # Redis redelivers an unacked message after visibility_timeout: it must exceed the
+        # longest task (else it runs twice), and be the same for the broker and the results.
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            **redis_sockets,
+            # kombu reads these when it (re)connects to publish: bounded, never forever.
+            "max_retries": 3,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        "result_backend_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            # The result backend retries 20 times by default: bound it like publishing.
+            "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                             "interval_max": 1},
+        },
+        "redis_socket_timeout": SOCKET_TIMEOUT,
+        "redis_socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
+        "redis_socket_keepalive": True,
+        "broker_connection_timeout": SOCKET_CONNECT_TIMEOUT,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": publish_retry,
+        # Workers wait for Redis at start (compose starts them together) and keep retrying.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # A task still running when the broker link drops will be redelivered: cancel it.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # The hard limit stays under the visibility timeout, so no task outlives it.
+        "task_time_limit": max(1, int(visibility_timeout * 0.9)),
+        # Warm shutdown (docker stop): finish for up to 10 s, then requeue what is left.
+        # Compose's stop_grace_period must be above this.
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_enable_soft_shutdown_on_idle": True,
+        # Results expire so Redis does not fill up and evict broker keys.
+        "result_expires": 24 * 3600,
+        # STARTED state, task name/args in results, and events: what monitor/Flower show.
+        "task_track_started": True,
+        "result_extended": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Beat: RedBeat keeps the schedule and a lock in Redis: no pidfile/schedule file in
+        # the container, and a second beat waits on the lock instead of running jobs twice.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": broker_url,
+        "redbeat_key_prefix": REDBEAT_KEY_PREFIX,
+        # Beat wakes at least every 5 s to renew its lock; a dead beat's lock lapses in 30 s.
+        "beat_max_loop_interval": 5,
+        "redbeat_lock_timeout": 30,
+        "beat_schedule": {
+            "mark-stuck-task-runs": {
+                "task": MARK_STUCK_TASK_RUNS,
+                "schedule": MARK_STUCK_EVERY_SECONDS,
+                # A run that waited longer than its period is pointless: the next one comes.
+                "options": {"queue": queues["beat"], "expires": MARK_STUCK_EVERY_SECONDS - 5},
+            },
+        },
+    }
+
+
+def configure_celery_app(app, environ: Mapping[str, str] | None = None):
+    """Apply :func:`load_settings` to a Celery app; raises :class:`SettingsError`."""
+    app.conf.update(load_settings(environ))
+    return app
+
+
+def broker_ping(url: str, timeout: float = 1.0) -> None:
+    """PING Redis at ``url`` with a short timeout; raises on any failure (for /healthz)."""
+    import redis  # lazy: only health checks need the client directly
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        if not client.ping():
+            raise ConnectionError("PING returned a falsy reply")
+    finally:
+        client.close()

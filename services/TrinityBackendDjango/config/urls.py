@@ -1,0 +1,13 @@
+"""URL map: admin, the task-run API and the health endpoint."""
+
+from django.contrib import admin
+from django.urls import path
+
+from apps.orchestration import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/task-runs/", views.task_runs, name="task-runs"),
+    path("api/task-runs/<int:pk>/", views.task_run_detail, name="task-run-detail"),
+    path("healthz", views.healthz, name="healthz"),
+]
