@@ -114,7 +114,11 @@ def mmdebstrap_command(suite: str, packages: tuple[str, ...], apt_opts: list[str
     # The chroot got the host's resolv.conf and hostname for the build; Docker supplies its own.
     # The apt cache and lists are cleaned as in the Hub's images (docker-clean does it on
     # every later apt run too).
-    cmd += ["--customize-hook=rm -f \"$1/etc/resolv.conf\" \"$1/etc/hostname\"",
+    # mmdebstrap's own apt cleanup leaves pkgcache.bin/srcpkgcache.bin (85 MB) behind: skip it
+    # and empty the apt lists and caches here, as the Hub's images do.
+    cmd += ["--skip=cleanup/apt",
+            "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
+            "--customize-hook=rm -f \"$1/etc/resolv.conf\" \"$1/etc/hostname\"",
             "--customize-hook=printf '%s\\n' "
             "'DPkg::Post-Invoke { \"rm -f /var/cache/apt/archives/*.deb "
             "/var/cache/apt/*.bin || true\"; };' "

@@ -55,6 +55,8 @@ def _database(name: str) -> dict:
     config = env.db_url_config(url)
     # django-tenants switches search_path per schema through its own backend.
     config["ENGINE"] = "django_tenants.postgresql_backend"
+    # Fail in seconds, not minutes, when Postgres is unreachable (health checks, start-up).
+    config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     config["CONN_HEALTH_CHECKS"] = True  # a restarted Postgres must not break old connections
     return config
 

@@ -1,0 +1,56 @@
+# The operator's interface. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+DEV_FILE  := docker-compose-dev.yml
+COMPOSE   := docker compose -f $(DEV_FILE)
+PYTEST    := .venv/bin/pytest
+# Everything this project builds carries this label; `make clean` removes only that.
+LABEL     := org.trinity.project=trinity
+
+.PHONY: help bootstrap build dev-up dev-down status logs test test-unit clean lock
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+bootstrap: ## install what is missing: base image, docker compose v2, wheelhouse, test venv
+	@scripts/bootstrap
+
+$(DEV_FILE):
+	cp docker-compose-dev.example.yml $@
+
+.env:
+	cp envs/dev.env $@
+
+build: bootstrap $(DEV_FILE) .env ## build every image of the dev stack
+	$(COMPOSE) build
+
+dev-up: build ## bring the dev stack up, wait until healthy, show what runs where
+	@scripts/dev-up
+
+dev-down: ## stop the dev stack (keeps its volumes; `make clean` removes them)
+	$(COMPOSE) down
+
+status: ## compose services and their health
+	$(COMPOSE) ps
+
+logs: ## follow the logs of the dev stack
+	$(COMPOSE) logs -f --tail=100
+
+test: bootstrap ## unit tests, then the stack tests against a throw-away compose project
+	$(PYTEST) tests
+
+test-unit: bootstrap ## only the tests that need no containers
+	$(PYTEST) tests/unit
+
+lock: ## re-resolve requirements/*.lock from requirements/*.in (needs the package index)
+	scripts/lock
+
+clean: ## remove this project's containers, volumes, networks and images (by label), and the wheelhouse
+	-[ -f $(DEV_FILE) ] && $(COMPOSE) down -v --remove-orphans
+	-docker ps -aq --filter label=$(LABEL) | xargs -r docker rm -f
+	-docker volume ls -q --filter label=$(LABEL) | xargs -r docker volume rm
+	-docker network ls -q --filter label=$(LABEL) | xargs -r docker network rm
+	-docker images -q --filter label=$(LABEL) | sort -u | xargs -r docker rmi -f
+	find wheelhouse -mindepth 2 ! -name .keep -delete
+	rm -rf .venv
