@@ -106,8 +106,9 @@ def pip_download_command(python: str, lock: Path, dest: Path) -> list[str]:
 
 
 def mmdebstrap_command(suite: str, packages: tuple[str, ...], apt_opts: list[str]) -> list[str]:
-    """A trixie rootfs as a tar on stdout: only `packages`, slim, nothing of the host kept."""
-    cmd = ["mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--skip=output/dev",
+    """A trixie rootfs as a tar on stdout: Priority required (as the Hub's debian images) plus
+    `packages`, slim, nothing of the host kept."""
+    cmd = ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", "--skip=output/dev",
            "--include=" + ",".join(packages)]
     cmd += [f"--aptopt={opt}" for opt in apt_opts]
     cmd += [f"--dpkgopt={opt}" for opt in SLIM_DPKG_OPTS]
