@@ -36,8 +36,12 @@ def stack(request):
     started = time.monotonic()
     try:
         stack.compose("build", *[s for s in services if s != "mongo"], timeout=1800)
-        stack.compose("up", "-d", *services)
-        stack.wait_healthy(services)
+        # --wait: every service healthy (one-shots like `migrate` exited 0) or fail.
+        proc = stack.compose("up", "-d", "--wait", "--wait-timeout", "240", *services,
+                             check=False, timeout=300)
+        if proc.returncode != 0:
+            pytest.fail(f"the stack did not come up healthy:\n{proc.stderr[-2000:]}\n"
+                        + "\n".join(stack.logs(s) for s in services), pytrace=False)
         print(f"\nstack {stack.project} healthy in {time.monotonic() - started:.1f}s: "
               f"{', '.join(services)}")
         stack.services = services

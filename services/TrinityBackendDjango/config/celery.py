@@ -25,6 +25,11 @@ from config.startup import load_settings_or_exit  # noqa: E402
 
 load_settings_or_exit()
 
+# Workers must survive a Redis restart with a task in flight (see config/kombu_fixes.py).
+from config import kombu_fixes  # noqa: E402
+
+kombu_fixes.apply()
+
 # Tasks are found in every installed app's tasks.py (the Django fixup supplies the list).
 app.autodiscover_tasks()
 

@@ -52,7 +52,7 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600
 # Redis sockets: fail fast instead of hanging when Redis is gone.
 SOCKET_TIMEOUT = 5.0
 SOCKET_CONNECT_TIMEOUT = 2.0
-REDBEAT_KEY_PREFIX = "trinity.redbeat"
+REDBEAT_KEY_PREFIX = "trinity.redbeat:"  # keys: trinity.redbeat:<entry>, trinity.redbeat::lock
 MARK_STUCK_EVERY_SECONDS = 60.0
 
 

@@ -33,7 +33,7 @@ def enqueue_task_run(task_run: TaskRun, schema_name: str = "public") -> tuple[st
         try:
             execute_task.apply_async(args=[task_run.pk, schema_name], task_id=task_id, queue=queue)
         except Exception as exc:  # kombu OperationalError, redis errors, OSError...
-            reason = f"broker unavailable: {exc}"
+            reason = "broker unavailable: " + " ".join(str(exc).split())  # one line
             logger.error("TaskRun %s in %s not queued: %s", task_run.pk, schema_name, reason)
             now = timezone.now()
             TaskRun.objects.filter(pk=task_run.pk).update(

@@ -23,7 +23,7 @@ from django_tenants.utils import schema_context
 from apps.orchestration.models import TaskRun
 from apps.orchestration.schemas import UnknownSchema, check_schema
 from config.celery import app
-from config.celery_settings import EXECUTE_TASK
+from config.celery_settings import EXECUTE_TASK, RUN_OPERATION
 
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 INSPECT_TIMEOUT = 1.0
@@ -91,6 +91,15 @@ def database_view(task_id: str, schema_name: str, backend: dict) -> dict:
     return {"found": True, "schema": schema_name, "matched_by": how, "record": run.as_dict()}
 
 
+def _schema_from_args(backend: dict) -> str:
+    """The schema a task was sent for, read from its recorded args; else 'public'."""
+    args = backend.get("args") or []
+    position = {EXECUTE_TASK: 1, RUN_OPERATION: 2}.get(backend.get("name"))
+    if position is not None and len(args) > position:
+        return args[position]
+    return "public"
+
+
 def _int(value):
     try:
         return int(value)
@@ -130,8 +139,7 @@ class Command(BaseCommand):
     def snapshot(self, task_id: str, schema) -> dict:
         backend = backend_view(task_id)
         if schema is None:
-            args = backend.get("args") or []
-            schema = args[1] if backend.get("name") == EXECUTE_TASK and len(args) > 1 else "public"
+            schema = _schema_from_args(backend)
         try:
             check_schema(schema)
             database = database_view(task_id, schema, backend)
