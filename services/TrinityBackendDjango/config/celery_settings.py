@@ -18,6 +18,7 @@ CELERY_CPU_QUEUE           default "<default queue>.cpu"
 CELERY_IO_QUEUE            default "<default queue>.io"
 CELERY_WORKER_CONCURRENCY  default os.cpu_count(); integer >= 1
 CELERY_VISIBILITY_TIMEOUT  default 3600 (seconds); integer >= 1
+CELERY_STUCK_SCAN_INTERVAL default 60 (seconds); integer >= 1: period of the beat job
 
 A bad value raises :class:`SettingsError` whose message starts with the
 variable's name, so the start-up log says exactly what to fix.
@@ -53,7 +54,7 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600
 SOCKET_TIMEOUT = 5.0
 SOCKET_CONNECT_TIMEOUT = 2.0
 REDBEAT_KEY_PREFIX = "trinity.redbeat:"  # keys: trinity.redbeat:<entry>, trinity.redbeat::lock
-MARK_STUCK_EVERY_SECONDS = 60.0
+DEFAULT_STUCK_SCAN_INTERVAL = 60
 
 
 class SettingsError(ValueError):
@@ -190,6 +191,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
     visibility_timeout = _positive_int(
         environ, "CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT
     )
+    scan_interval = _positive_int(
+        environ, "CELERY_STUCK_SCAN_INTERVAL", DEFAULT_STUCK_SCAN_INTERVAL
+    )
 
     # Bounded retries for every publish, so .delay() fails in ~2 s while Redis is down.
     publish_retry = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
@@ -273,12 +277,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
         # Beat wakes at least every 5 s to renew its lock; a dead beat's lock lapses in 30 s.
         "beat_max_loop_interval": 5,
         "redbeat_lock_timeout": 30,
+        # Same socket bounds as the broker; ride out a Redis restart for up to 30 s.
+        "redbeat_redis_options": {**redis_sockets, "retry_period": 30},
         "beat_schedule": {
             "mark-stuck-task-runs": {
                 "task": MARK_STUCK_TASK_RUNS,
-                "schedule": MARK_STUCK_EVERY_SECONDS,
+                "schedule": float(scan_interval),
                 # A run that waited longer than its period is pointless: the next one comes.
-                "options": {"queue": queues["beat"], "expires": MARK_STUCK_EVERY_SECONDS - 5},
+                "options": {"queue": queues["beat"], "expires": max(1, scan_interval - 1)},
             },
         },
     }
