@@ -8,7 +8,7 @@ PYTEST    := .venv/bin/pytest
 # Everything this project builds carries this label; `make clean` removes only that.
 LABEL     := org.trinity.project=trinity
 
-.PHONY: help bootstrap build dev-up dev-down status logs test test-unit clean lock
+.PHONY: help bootstrap build dev-up dev-down status beat logs test test-unit clean lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,8 +31,12 @@ dev-up: build ## bring the dev stack up, wait until healthy, show what runs wher
 dev-down: ## stop the dev stack (keeps its volumes; `make clean` removes them)
 	$(COMPOSE) down
 
-status: ## compose services and their health
+status: ## compose services and their health, then `celery status` of the workers
 	$(COMPOSE) ps
+	$(COMPOSE) exec celery celery -A config.celery status --timeout 10
+
+beat: ## start the beat service (one beat: RedBeat's lock in Redis makes a second one wait)
+	$(COMPOSE) --profile beat up -d --wait beat
 
 logs: ## follow the logs of the dev stack
 	$(COMPOSE) logs -f --tail=100
