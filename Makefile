@@ -4,11 +4,15 @@ SHELL := /bin/bash
 
 DEV_FILE  := docker-compose-dev.yml
 COMPOSE   := docker compose -f $(DEV_FILE)
+PROD_FILE := docker-compose.yml
+PROD_ENV  ?= envs/prod.env
+# `make validate STACK=prod` checks the production stack instead of the dev one.
+STACK     ?= dev
 PYTEST    := .venv/bin/pytest
 # Everything this project builds carries this label; `make clean` removes only that.
 LABEL     := org.trinity.project=trinity
 
-.PHONY: help bootstrap build dev-up dev-down status beat logs test test-unit clean lock
+.PHONY: help bootstrap build dev-up dev-down prod-up prod-down validate check-config status beat logs test test-unit clean lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,6 +23,9 @@ bootstrap: ## install what is missing: base image, docker compose v2, wheelhouse
 $(DEV_FILE):
 	cp docker-compose-dev.example.yml $@
 
+$(PROD_FILE):
+	cp docker-compose.example.yml $@
+
 .env:
 	cp envs/dev.env $@
 
@@ -27,6 +34,22 @@ build: bootstrap $(DEV_FILE) .env ## build every image of the dev stack
 
 dev-up: build ## bring the dev stack up, wait until healthy, show what runs where
 	@scripts/dev-up
+
+prod-up: bootstrap $(PROD_FILE) ## production stack: refuse placeholder secrets, build, up, wait healthy
+	@PROD_ENV=$(PROD_ENV) scripts/prod-up
+
+prod-down: ## stop the production stack (keeps its volumes)
+	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down
+
+validate: bootstrap ## the runbook against the running stack (STACK=dev|prod): PASS/FAIL per step
+ifeq ($(STACK),prod)
+	.venv/bin/python scripts/validate.py --file $(PROD_FILE) --env-file $(PROD_ENV)
+else
+	.venv/bin/python scripts/validate.py --file $(DEV_FILE)
+endif
+
+check-config: bootstrap ## env files, compose anchors and celery_settings.py name the same variables
+	.venv/bin/python scripts/check_config.py
 
 dev-down: ## stop the dev stack (keeps its volumes; `make clean` removes them)
 	$(COMPOSE) down
@@ -41,7 +64,7 @@ beat: ## start the beat service (one beat: RedBeat's lock in Redis makes a secon
 logs: ## follow the logs of the dev stack
 	$(COMPOSE) logs -f --tail=100
 
-test: bootstrap ## unit tests, then the stack tests against a throw-away compose project
+test: bootstrap check-config ## config check, unit tests, then the stack tests (throw-away compose projects)
 	$(PYTEST) tests
 
 test-unit: bootstrap ## only the tests that need no containers
@@ -52,6 +75,7 @@ lock: ## re-resolve requirements/*.lock from requirements/*.in (needs the packag
 
 clean: ## remove this project's containers, volumes, networks and images (by label), and the wheelhouse
 	-[ -f $(DEV_FILE) ] && $(COMPOSE) down -v --remove-orphans
+	-[ -f $(PROD_FILE) ] && docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down -v --remove-orphans
 	-docker ps -aq --filter label=$(LABEL) | xargs -r docker rm -f
 	-docker volume ls -q --filter label=$(LABEL) | xargs -r docker volume rm
 	-docker network ls -q --filter label=$(LABEL) | xargs -r docker network rm

@@ -12,6 +12,8 @@ Steps (in this order, each needs the one before):
   wheelhouse   wheelhouse/<image>/ filled on the host from requirements/<image>.lock (exact
                versions, hashes), so image builds need no network for Python packages.
   host-venv    .venv with the host-side test tools from requirements/host.lock.
+  browser      headless Chromium (Debian's chromium-headless-shell) for the Flower page test;
+               installed with apt when run as root, otherwise that one test is skipped.
 
 Standard library only: it runs before anything else is installed.
 """
@@ -227,10 +229,25 @@ def step_host_venv() -> str:
     return f"{venv.name} created"
 
 
+BROWSERS = ("chromium-headless-shell", "chromium")
+
+
+def step_browser() -> str:
+    found = next((b for b in BROWSERS if shutil.which(b)), None)
+    if found:
+        return f"{found} present"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "skipped (needs root and apt): the Flower page test will be skipped"
+    env = clean_env(dict(os.environ))
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", BROWSERS[0]], env=env, capture=True)
+    return f"{BROWSERS[0]} installed from Debian's packages"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("steps", nargs="*", default=["base-image", "compose", "wheelhouse",
-                                                     "host-venv"])
+                                                     "host-venv", "browser"])
     args = parser.parse_args(argv)
     if not succeeds(["docker", "info"], timeout=30):
         print("bootstrap: the Docker Engine does not answer (`docker info` failed): start it "
@@ -238,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     image = os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
     steps = {"base-image": lambda: step_base_image(image), "compose": lambda: step_compose(image),
-             "wheelhouse": step_wheelhouse, "host-venv": step_host_venv}
+             "wheelhouse": step_wheelhouse, "host-venv": step_host_venv,
+             "browser": step_browser}
     total = time.monotonic()
     for name in args.steps:
         if name not in steps:

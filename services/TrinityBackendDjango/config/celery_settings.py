@@ -19,6 +19,8 @@ CELERY_IO_QUEUE            default "<default queue>.io"
 CELERY_WORKER_CONCURRENCY  default os.cpu_count(); integer >= 1
 CELERY_VISIBILITY_TIMEOUT  default 3600 (seconds); integer >= 1
 CELERY_STUCK_SCAN_INTERVAL default 60 (seconds); integer >= 1: period of the beat job
+CELERY_WORKER_QUEUES       per worker: queue kinds (default, cpu, io, beat) or names; empty = all
+TRINITY_ENV                "production" refuses placeholder and development secrets at start
 
 A bad value raises :class:`SettingsError` whose message starts with the
 variable's name, so the start-up log says exactly what to fix.
@@ -147,6 +149,39 @@ def queue_for_operation(name: str, environ: Mapping[str, str] | None = None) -> 
     return queue_names(environ)[kind]
 
 
+def worker_queues(environ: Mapping[str, str] | None = None) -> str:
+    """The ``--queues`` argument of a worker, from CELERY_WORKER_QUEUES.
+
+    Items are queue kinds (``default``, ``cpu``, ``io``, ``beat``), resolved to this
+    environment's names, or plain queue names; empty means every queue.
+    """
+    environ = os.environ if environ is None else environ
+    names = queue_names(environ)
+    spec = _get(environ, "CELERY_WORKER_QUEUES")
+    items = spec.split(",") if spec else list(names)
+    return ",".join(dict.fromkeys(names.get(i.strip(), i.strip()) for i in items if i.strip()))
+
+
+# Values that must never reach production: envs/prod.env's placeholders and envs/dev.env's
+# development secrets (all marked). Checked at every process start when TRINITY_ENV=production.
+INSECURE_MARKERS = ("CHANGE-ME", "insecure-")
+SECRET_VARIABLES = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+                    "DJANGO_SECRET_KEY", "DATABASE_URL", "FLOWER_BASIC_AUTH")
+
+
+def refuse_insecure_secrets(environ: Mapping[str, str]) -> None:
+    if _get(environ, "TRINITY_ENV") != "production":
+        return
+    for name in SECRET_VARIABLES:
+        value = _get(environ, name) or ""
+        marker = next((m for m in INSECURE_MARKERS if m in value), None)
+        if marker:
+            raise SettingsError(
+                f"{name}: holds a placeholder or development value ({marker!r}); "
+                "set a real secret (envs/prod.env or your secret manager)"
+            )
+
+
 def make_router(queues: Mapping[str, str]):
     """Build the ``task_routes`` function for the given queue names.
 
@@ -170,6 +205,7 @@ def make_router(queues: Mapping[str, str]):
 def load_settings(environ: Mapping[str, str] | None = None) -> dict:
     """Read the environment and return Celery's settings (lowercase names) as a dict."""
     environ = os.environ if environ is None else environ
+    refuse_insecure_secrets(environ)
 
     redis_url = _get(environ, "REDIS_URL")
     broker_url = _get(environ, "CELERY_BROKER_URL")
@@ -306,3 +342,18 @@ def broker_ping(url: str, timeout: float = 1.0) -> None:
             raise ConnectionError("PING returned a falsy reply")
     finally:
         client.close()
+
+
+if __name__ == "__main__":
+    # `python -m config.celery_settings worker-queues`: used by the worker's start script and
+    # healthcheck, so both agree on what the worker consumes.
+    import sys
+
+    try:
+        if sys.argv[1:] == ["worker-queues"]:
+            print(worker_queues())
+        else:
+            sys.exit("usage: python -m config.celery_settings worker-queues")
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)

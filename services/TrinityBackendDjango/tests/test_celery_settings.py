@@ -14,6 +14,7 @@ from config.celery_settings import (
     load_settings,
     queue_for_operation,
     queue_names,
+    worker_queues,
 )
 
 BASE = {"REDIS_URL": "redis://redis:6379/0"}
@@ -189,3 +190,22 @@ def test_start_fails_with_one_line(env, message):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == message
+
+
+def test_worker_queues_resolve_kinds_and_keep_names():
+    assert worker_queues({}) == "trinity.tasks,trinity.tasks.cpu,trinity.tasks.io,trinity.tasks.beat"
+    assert worker_queues({"CELERY_WORKER_QUEUES": "default,beat"}) == "trinity.tasks,trinity.tasks.beat"
+    env = {"CELERY_TASK_DEFAULT_QUEUE": "q", "CELERY_WORKER_QUEUES": "cpu, custom"}
+    assert worker_queues(env) == "q.cpu,custom"
+
+
+@pytest.mark.parametrize("name,value", [
+    ("DJANGO_SECRET_KEY", "CHANGE-ME-django-secret-key"),
+    ("REDIS_URL", "redis://:insecure-dev-redis-password@redis:6379/0"),
+    ("DATABASE_URL", "postgres://u:CHANGE-ME-pw@postgres:5432/db"),
+    ("FLOWER_BASIC_AUTH", "CHANGE-ME-user:CHANGE-ME-password"),
+])
+def test_production_refuses_placeholder_and_dev_secrets(name, value):
+    with pytest.raises(SettingsError, match=f"^{name}: holds a placeholder"):
+        settings(TRINITY_ENV="production", **{name: value})
+    settings(**{name: value})  # outside production the same value is accepted
