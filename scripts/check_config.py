@@ -6,7 +6,9 @@
 The Celery/Redis variables are the ones `config/celery_settings.py` reads: every
 `_get(environ, "NAME")`, `_positive_int(environ, "NAME", ...)`, `_queue_name(environ, "NAME", ...)`
 (and `environ.get("NAME")`, `os.getenv("NAME")`) found by parsing its source with `ast`, plus the
-CELERY_*/REDIS_URL rows of its docstring's table; the code and the table must agree. Then:
+CELERY_*/REDIS_URL rows of its docstring's table; the code and the table must agree. A row
+described "per worker ..." (CELERY_WORKER_QUEUES) is set per service, so it is not required below.
+Then:
 
   envs/dev.env, envs/prod.env           name every variable (prod.env: when it exists; it must
                                         exist once docker-compose.example.yml does)
@@ -46,6 +48,8 @@ NAME_ARG_HELPERS = {"_get": 1, "_positive_int": 1, "_queue_name": 1, "_redis_url
 ENV_LOOKUPS = {"get", "getenv", "__getitem__", "pop"}
 VARIABLE = re.compile(r"^(?:CELERY_[A-Z0-9_]+|REDIS_URL)$")
 TABLE_ROW = re.compile(r"^\s*(CELERY_[A-Z0-9_]+|REDIS_URL)(?=\s|$)", re.MULTILINE)
+PER_SERVICE_ROW = re.compile(r"^\s*(CELERY_[A-Z0-9_]+|REDIS_URL)\s+per[ -](?:worker|service)\b",
+                             re.MULTILINE | re.IGNORECASE)
 APP_IMAGE = re.compile(r"(?:^|/)trinity/(?:django|fastapi)(?::|$)")
 APP_TARGETS = {"django", "fastapi"}
 
@@ -84,8 +88,18 @@ def variables_in_docstring(source: str) -> set[str]:
     return set(TABLE_ROW.findall(doc))
 
 
+def per_service_variables(source: str) -> set[str]:
+    """Table rows described as "per worker"/"per service": set by one service, not shared.
+
+    They stay out of the env files and the anchor (compose sets them on the service that
+    needs them, e.g. CELERY_WORKER_QUEUES on each prod worker).
+    """
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    return set(PER_SERVICE_ROW.findall(doc))
+
+
 def settings_variables(source: str) -> tuple[set[str], list[str]]:
-    """(every variable named by the module, problems where its code and its table disagree)."""
+    """(the shared variables named by the module, problems where its code and table disagree)."""
     code, table = variables_in_code(source), variables_in_docstring(source)
     problems = []
     for name in sorted(code - table):
@@ -96,7 +110,7 @@ def settings_variables(source: str) -> tuple[set[str], list[str]]:
     if not code | table:
         problems.append(f"{SETTINGS_NAME}: no CELERY_*/REDIS_URL variable found "
                         "(did the helpers change names?)")
-    return code | table, problems
+    return (code | table) - per_service_variables(source), problems
 
 
 # ---- env files ---------------------------------------------------------------------------------
@@ -161,7 +175,8 @@ def _reads_itself(name: str, value) -> bool:
     return re.search(r"\$\{?" + re.escape(name) + r"(?![A-Za-z0-9_])", str(value or "")) is not None
 
 
-def check_compose(label: str, text: str, variables: set[str]) -> list[str]:
+def check_compose(label: str, text: str, variables: set[str],
+                  per_service: frozenset[str] = frozenset()) -> list[str]:
     try:
         data = load_compose(text)
     except yaml.YAMLError as exc:
@@ -173,7 +188,7 @@ def check_compose(label: str, text: str, variables: set[str]) -> list[str]:
     keys = set(anchor)
     for name in sorted(variables - keys):
         problems.append(f"{label}: {ANCHOR}: missing {name} (named by {SETTINGS_NAME})")
-    for name in sorted(k for k in keys - variables if VARIABLE.match(k)):
+    for name in sorted(k for k in keys - variables - per_service if VARIABLE.match(k)):
         problems.append(f"{label}: {ANCHOR}: {name} is not read by {SETTINGS_NAME}")
     for name in sorted(keys & variables):
         if not _reads_itself(name, anchor[name]):
@@ -203,7 +218,9 @@ def check(root: Path) -> tuple[list[str], list[str], set[str], list[Path]]:
     settings = root / SETTINGS
     if not settings.is_file():
         return [f"{SETTINGS}: not found"], notes, set(), checked
-    variables, settings_problems = settings_variables(settings.read_text())
+    source = settings.read_text()
+    variables, settings_problems = settings_variables(source)
+    per_service = frozenset(per_service_variables(source))
     problems += settings_problems
     checked.append(SETTINGS)
 
@@ -233,7 +250,7 @@ def check(root: Path) -> tuple[list[str], list[str], set[str], list[Path]]:
                 missing_files.append(rel)
             continue
         checked.append(rel)
-        problems += check_compose(str(rel), path.read_text(), variables)
+        problems += check_compose(str(rel), path.read_text(), variables, per_service)
 
     if missing_files:
         notes.append("check-config: not present, not checked: "

@@ -181,6 +181,32 @@ def task_ids_held(replies: dict) -> list[tuple[str, str]]:
     return held
 
 
+def describe_queues(active_queues: dict) -> str:
+    """One line per node: the queues it consumes (a FAIL's evidence)."""
+    lines = []
+    for node, queues in sorted((active_queues or {}).items()):
+        names = [q.get("name", "?") for q in queues or () if isinstance(q, dict)]
+        lines.append(f"{node} consumes: {', '.join(names) or 'nothing'}")
+    return "\n".join(lines)
+
+
+def describe_held(reserved: dict, scheduled: dict) -> str:
+    """One line per held task: where, which kind, its name and (scheduled) its ETA."""
+    lines = []
+    for kind, replies in (("reserved", reserved), ("scheduled", scheduled)):
+        for node, tasks in sorted((replies or {}).items()):
+            for task in tasks or ():
+                if not isinstance(task, dict):
+                    continue
+                request = task.get("request") if isinstance(task.get("request"), dict) else task
+                line = f"{kind} on {node}: {request.get('id')} {request.get('name')}"
+                line += f"{tuple(request.get('args') or ())}"
+                if task.get("eta"):
+                    line += f" eta {task['eta']}"
+                lines.append(line)
+    return tail("\n".join(lines))
+
+
 def judge_stuck(reserved: dict, scheduled: dict) -> str:
     """PASS when no worker holds a reserved or scheduled task."""
     stuck = [("reserved", node, task) for node, task in task_ids_held(reserved)]
@@ -386,7 +412,7 @@ def build_steps(compose: Compose, worker: str, web: str, status_timeout: float =
     def celery(args: list[str], timeout: float) -> Completed:
         return compose.exec(worker, CELERY + args, timeout + EXEC_OVERHEAD)
 
-    def inspect_json(command: list[str], what: str) -> dict:
+    def inspect_json(command: list[str], what: str) -> tuple[dict, Completed]:
         args = ["inspect", *command, "--timeout", f"{inspect_timeout:g}", "--json"]
         done = _must_succeed(celery(args, inspect_timeout), inspect_timeout + EXEC_OVERHEAD, what)
         try:
@@ -395,7 +421,7 @@ def build_steps(compose: Compose, worker: str, web: str, status_timeout: float =
             raise StepFailed(f"{what}: answer is not JSON", done.output, done.command) from None
         if not isinstance(replies, dict):
             raise StepFailed(f"{what}: unexpected answer", done.output, done.command)
-        return replies
+        return replies, done
 
     def manage_shell(code: str, what: str, timeout: float = 60.0) -> str:
         done = _must_succeed(
@@ -434,9 +460,12 @@ def build_steps(compose: Compose, worker: str, web: str, status_timeout: float =
             raise StepFailed(f"queue names from {web}: unexpected answer", done.output,
                              done.command) from None
         ctx["expected_queues"] = expected
-        active = inspect_json(["active_queues"], "inspect active_queues")
+        active, done = inspect_json(["active_queues"], "inspect active_queues")
         ctx["consumers"] = queue_consumers(active)
-        return judge_queues(expected, active)
+        try:
+            return judge_queues(expected, active)
+        except StepFailed as exc:
+            raise StepFailed(exc.reason, describe_queues(active), done.command) from None
 
     def enqueue(ctx: dict) -> str:
         expected, consumers = ctx.get("expected_queues"), ctx.get("consumers")
@@ -459,7 +488,7 @@ def build_steps(compose: Compose, worker: str, web: str, status_timeout: float =
         return f"TaskRun {run_id} (echo) sent as task {task_id}"
 
     def query_task(ctx: dict) -> str:
-        replies = inspect_json(["query_task", ctx["task_id"]], "inspect query_task")
+        replies, _ = inspect_json(["query_task", ctx["task_id"]], "inspect query_task")
         return judge_query_task(ctx["task_id"], replies)
 
     def monitor(ctx: dict) -> str:
@@ -485,9 +514,13 @@ def build_steps(compose: Compose, worker: str, web: str, status_timeout: float =
         return detail
 
     def stuck(ctx: dict) -> str:
-        reserved = inspect_json(["reserved"], "inspect reserved")
-        scheduled = inspect_json(["scheduled"], "inspect scheduled")
-        return judge_stuck(reserved, scheduled)
+        reserved, first = inspect_json(["reserved"], "inspect reserved")
+        scheduled, _ = inspect_json(["scheduled"], "inspect scheduled")
+        try:
+            return judge_stuck(reserved, scheduled)
+        except StepFailed as exc:
+            command = first.command.replace(" reserved ", " reserved|scheduled ")
+            raise StepFailed(exc.reason, describe_held(reserved, scheduled), command) from None
 
     return [
         Step("status", status),

@@ -50,7 +50,8 @@ class Stack:
 
     # ---- Docker SDK -------------------------------------------------------------------------
     def containers(self, service: str | None = None, all: bool = False) -> list:
-        labels = [f"com.docker.compose.project={self.project}"]
+        # oneoff=False: not the containers of `compose run` (they carry the service's label too)
+        labels = [f"com.docker.compose.project={self.project}", "com.docker.compose.oneoff=False"]
         if service:
             labels.append(f"com.docker.compose.service={service}")
         return self.client.containers.list(all=all, filters={"label": labels})
