@@ -4,20 +4,15 @@ All settings come from :mod:`config.celery_settings` (shared with FastAPI).
 """
 
 import os
-import sys
 
 from celery import Celery
 
-from config.celery_settings import SettingsError, configure_celery_app
+from config.celery_settings import configure_or_exit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("trinity")
-try:
-    configure_celery_app(app)
-except SettingsError as exc:
-    print(f"configuration error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(2) from None
+configure_or_exit(app)
 
 # Check Django's variables now too, so a worker with a bad DATABASE_URL stops at
 # start with one line instead of failing on its first task.

@@ -332,6 +332,22 @@ def configure_celery_app(app, environ: Mapping[str, str] | None = None):
     return app
 
 
+def configure_or_exit(app):
+    """:func:`configure_celery_app` at process start: a bad variable stops the process with
+    one line naming it (exit status 2), not a traceback."""
+    try:
+        return configure_celery_app(app)
+    except SettingsError as exc:
+        _exit_with(exc)
+
+
+def _exit_with(exc: SettingsError):
+    import sys
+
+    print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
 def broker_ping(url: str, timeout: float = 1.0) -> None:
     """PING Redis at ``url`` with a short timeout; raises on any failure (for /healthz)."""
     import redis  # lazy: only health checks need the client directly
@@ -349,11 +365,9 @@ if __name__ == "__main__":
     # healthcheck, so both agree on what the worker consumes.
     import sys
 
+    if sys.argv[1:] != ["worker-queues"]:
+        sys.exit("usage: python -m config.celery_settings worker-queues")
     try:
-        if sys.argv[1:] == ["worker-queues"]:
-            print(worker_queues())
-        else:
-            sys.exit("usage: python -m config.celery_settings worker-queues")
+        print(worker_queues())
     except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _exit_with(exc)

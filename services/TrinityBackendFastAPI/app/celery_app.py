@@ -4,15 +4,9 @@ Its settings come from config/celery_settings.py, the same module the Django
 service uses (copied into this image), so both enqueue with identical routing.
 """
 
-import sys
-
 from celery import Celery
 
-from config.celery_settings import SettingsError, configure_celery_app
+from config.celery_settings import configure_or_exit
 
 celery_app = Celery("trinity-fastapi")
-try:
-    configure_celery_app(celery_app)
-except SettingsError as exc:
-    print(f"configuration error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(2) from None
+configure_or_exit(celery_app)
