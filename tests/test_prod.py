@@ -96,6 +96,12 @@ def test_only_http_ports_are_published(prod):
     assert published == {"web": {"8000/tcp"}, "fastapi": {"8001/tcp"}}
 
 
+def test_every_prod_service_runs_as_non_root(prod):
+    root, seen = prod.root_processes()
+    assert not root, f"running as root: {root}"
+    assert seen >= 8  # postgres, redis, web, fastapi, three workers: all their processes
+
+
 def test_redis_refuses_commands_without_its_password(prod):
     code, out = prod.exec("redis", ["redis-cli", "--no-auth-warning", "SET", "k", "v"])
     assert "NOAUTH" in out, out
