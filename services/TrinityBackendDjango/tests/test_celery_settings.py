@@ -48,6 +48,9 @@ def test_reliability_settings():
     assert conf["task_publish_retry_policy"]["max_retries"] == 3
     assert conf["broker_transport_options"]["max_retries"] == 3
     assert conf["broker_transport_options"]["socket_connect_timeout"] <= 5
+    # A dead worker's message is swept back every 10 s, not every 10 x 10 s (kombu default).
+    assert conf["broker_transport_options"]["unacked_restore_throttle"] == 1
+    assert conf["broker_transport_options"]["unacked_restore_interval"] == 10
     assert conf["result_expires"] == 86400
     assert conf["worker_cancel_long_running_tasks_on_connection_loss"] is True
     assert conf["task_track_started"] and conf["result_extended"]

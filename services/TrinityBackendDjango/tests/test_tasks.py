@@ -129,6 +129,30 @@ def test_mark_stuck_task_runs(make_run, tenant_schema):
     assert reload(queued, tenant_schema).status == "FAILURE"
 
 
+def test_mark_stuck_fails_a_queued_row_whose_task_celery_gave_up_on(make_run, monkeypatch):
+    """E.g. the database was down for every retry: the task is FAILURE in Celery, the row
+    never left QUEUED. It must not stay QUEUED forever."""
+    from apps.orchestration import tasks
+
+    long_ago = timezone.now() - timedelta(days=3)
+    gave_up = make_run("echo", 1, status="QUEUED", celery_task_id="gave-up")
+    moving = make_run("echo", 2, status="QUEUED", celery_task_id="moving")
+    TaskRun.objects.filter(pk__in=[gave_up.pk, moving.pk]).update(updated_at=long_ago)
+    monkeypatch.setattr(tasks, "_celery_state",
+                        lambda task_id: "FAILURE" if task_id == "gave-up" else "STARTED")
+    assert mark_stuck_task_runs.apply().result["public"]["queued"] == 1
+    assert reload(gave_up).status == "FAILURE" and "Celery says FAILURE" in reload(gave_up).error
+    assert reload(moving).status == "QUEUED"
+
+
+def test_database_errors_are_retried():
+    from django.db import InterfaceError, OperationalError
+
+    for task in (execute_task, run_operation):
+        assert {OperationalError, InterfaceError} <= set(task.autoretry_for)
+        assert task.max_retries >= 3
+
+
 @pytest.mark.parametrize("payload, expected", [(None, None), ({"a": [1]}, {"a": [1]})])
 def test_echo(payload, expected):
     assert operations.run("echo", payload) == expected

@@ -8,7 +8,7 @@ from django_tenants.utils import schema_context
 
 from apps.orchestration.models import TaskRun
 from apps.orchestration.tasks import execute_task
-from config.celery_settings import queue_for_operation
+from config.celery_settings import broker_error_reason, queue_for_operation
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def enqueue_task_run(task_run: TaskRun, schema_name: str = "public") -> tuple[st
         try:
             execute_task.apply_async(args=[task_run.pk, schema_name], task_id=task_id, queue=queue)
         except Exception as exc:  # kombu OperationalError, redis errors, OSError...
-            reason = "broker unavailable: " + " ".join(str(exc).split())  # one line
+            reason = "broker unavailable: " + broker_error_reason(exc)
             logger.error("TaskRun %s in %s not queued: %s", task_run.pk, schema_name, reason)
             now = timezone.now()
             TaskRun.objects.filter(pk=task_run.pk).update(

@@ -15,14 +15,15 @@ from datetime import timedelta
 
 from celery import current_app, shared_task
 from celery.result import AsyncResult
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from apps.orchestration import operations
 from apps.orchestration.models import TaskRun
 from apps.orchestration.schemas import UnknownSchema, all_schemas, check_schema
-from config.celery_settings import DEFAULT_VISIBILITY_TIMEOUT, queue_for_operation
+from config.celery_settings import (DEFAULT_VISIBILITY_TIMEOUT, UNACKED_RESTORE_INTERVAL,
+                                    queue_for_operation)
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status
@@ -100,13 +101,20 @@ def _execute(task_run_id, schema_name: str, celery_task_id: str | None) -> dict:
         return _outcome(run, schema_name, Status.SUCCESS, result)
 
 
-@shared_task(bind=True, name="apps.orchestration.tasks.execute_task")
+# The database went away mid-task (Postgres restarted, failover): try again, 1+2+4+8+15+15 s
+# apart, instead of leaving the row QUEUED or RUNNING. Safe: a rerun of a finished row returns
+# its outcome and operations are idempotent. Each countdown stays below the visibility timeout.
+DB_RETRY = {"autoretry_for": (OperationalError, InterfaceError), "max_retries": 6,
+            "retry_backoff": 1, "retry_backoff_max": 15, "retry_jitter": False}
+
+
+@shared_task(bind=True, name="apps.orchestration.tasks.execute_task", **DB_RETRY)
 def execute_task(self, task_run_id, schema_name="public"):
     """Run TaskRun ``task_run_id`` of ``schema_name`` and record its outcome."""
     return _execute(task_run_id, schema_name, self.request.id)
 
 
-@shared_task(bind=True, name="apps.orchestration.tasks.run_operation")
+@shared_task(bind=True, name="apps.orchestration.tasks.run_operation", **DB_RETRY)
 def run_operation(self, operation, payload=None, schema_name="public"):
     """Create a TaskRun (celery_task_id = this task's id) in ``schema_name`` and run it."""
     queue_for_operation(operation)  # unknown operation: FAILURE with a clear message
@@ -131,11 +139,14 @@ def run_operation(self, operation, payload=None, schema_name="public"):
 def stuck_after() -> timedelta:
     """How long a RUNNING/QUEUED row may stay so before it is declared stuck.
 
-    Twice the visibility timeout: by then Redis has redelivered the message of a
-    dead worker (which re-claims the row and resets started_at) or never will.
+    Twice the visibility timeout plus one sweep of kombu's unacked index: by then Redis
+    has redelivered the message of a dead worker (which re-claims the row and resets
+    started_at) or never will.
     """
     options = current_app.conf.broker_transport_options or {}
-    return timedelta(seconds=2 * int(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT)))
+    visibility = int(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
+    sweep = int(options.get("unacked_restore_interval", UNACKED_RESTORE_INTERVAL))
+    return timedelta(seconds=2 * visibility + sweep)
 
 
 def _celery_state(task_id: str) -> str | None:
@@ -161,12 +172,16 @@ def mark_stuck_task_runs():
             )
             queued = 0
             for run in TaskRun.objects.filter(status=Status.QUEUED, updated_at__lt=cutoff):
-                if run.celery_task_id and _celery_state(run.celery_task_id) != "PENDING":
-                    continue  # Celery knows this task: it is moving, leave it
+                state = _celery_state(run.celery_task_id) if run.celery_task_id else "PENDING"
+                if state not in ("PENDING", "FAILURE", "REVOKED"):
+                    continue  # Celery knows this task and it is moving, or unknown: leave it
+                # PENDING: unknown to Celery. FAILURE/REVOKED: Celery gave up on it before it
+                # could claim the row (e.g. the database was down for all its retries).
+                known = "unknown to Celery" if state == "PENDING" else f"Celery says {state}"
                 queued += TaskRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
                     status=Status.FAILURE, finished_at=now, updated_at=now,
                     error=f"stuck: QUEUED for more than {int(limit.total_seconds())} s "
-                          "and unknown to Celery",
+                          f"and {known}",
                 )
         counts[schema_name] = {"running": running, "queued": queued}
         if running or queued:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.celery_app import celery_app
-from config.celery_settings import RUN_OPERATION, queue_for_operation
+from config.celery_settings import RUN_OPERATION, broker_error_reason, queue_for_operation
 
 router = APIRouter()
 
@@ -61,7 +61,7 @@ async def _in_thread(func, timeout: float, what: str):
     except HTTPException:
         raise
     except Exception as exc:  # kombu OperationalError, redis errors, OSError...
-        reason = " ".join(str(exc).split())
+        reason = broker_error_reason(exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{what}: {reason}") from None
 
 
