@@ -12,7 +12,7 @@ PYTEST    := .venv/bin/pytest
 # Everything this project builds carries this label; `make clean` removes only that.
 LABEL     := org.trinity.project=trinity
 
-.PHONY: help bootstrap build dev-up dev-down prod-up prod-down validate check-config status beat logs test test-unit clean lock
+.PHONY: help bootstrap build dev-up dev-down prod-up prod-down validate check-config bench status beat logs test test-unit clean lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ ifeq ($(STACK),prod)
 else
 	.venv/bin/python scripts/validate.py --file $(DEV_FILE)
 endif
+
+bench: bootstrap ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~14 min)
+	.venv/bin/python bench/run.py
 
 check-config: bootstrap ## env files, compose anchors and celery_settings.py name the same variables
 	.venv/bin/python scripts/check_config.py

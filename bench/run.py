@@ -1,0 +1,658 @@
+"""`make bench`: bring up a throw-away dev stack, measure every figure as a ratio to a baseline taken
+in the same run on the same containers, print one table, write bench/RESULTS.md and
+bench/latency.png, then `down -v` the stack (also on failure or Ctrl-C).
+
+    .venv/bin/python bench/run.py            # the real run: N=20000 no-ops, 10 s of wrk per URL
+    .venv/bin/python bench/run.py --quick    # N=2000, 3 s of wrk: a few minutes, for development
+    .venv/bin/python bench/run.py --no-tune  # skip the tuning variants (before/after table)
+
+Host side: Python 3 stdlib + docker CLI (compose v2) + wrk (installed from Debian when missing and
+root; else the HTTP figure is skipped with the reason). Everything next to Redis runs in one-off
+containers of the django image (bench/inner.py, with bench/ mounted at /bench).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+FILES = ["docker-compose-dev.example.yml", "compose/test.yml"]
+ENV_FILE = "envs/dev.env"
+SERVICES = ["postgres", "redis", "migrate", "web", "fastapi", "celery"]
+NOTES_MARKER = "<!-- notes below this line are kept when run.py rewrites the file -->"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Skip(Exception):
+    """A figure that cannot be measured here; the reason goes into the table."""
+
+
+# ---- the stack -------------------------------------------------------------------------------
+class Stack:
+    def __init__(self, project: str):
+        self.project = project
+
+    def cmd(self, *args: str) -> list[str]:
+        c = ["docker", "compose", "-p", self.project, "--env-file", ENV_FILE]
+        for f in FILES:
+            c += ["-f", f]
+        return c + list(args)
+
+    def compose(self, *args: str, check=True, timeout=600) -> subprocess.CompletedProcess:
+        p = subprocess.run(self.cmd(*args), cwd=ROOT, text=True, capture_output=True,
+                           timeout=timeout)
+        if check and p.returncode:
+            raise RuntimeError(f"docker compose {' '.join(args)} failed ({p.returncode}):\n"
+                               f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        return p
+
+    def up(self) -> None:
+        self.compose("up", "-d", "--wait", "--wait-timeout", "240", *SERVICES, timeout=400)
+
+    def down(self) -> None:
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False,
+                     timeout=300)
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).stdout.split()[0]
+
+    def port(self, service: str, port: int) -> str:
+        return self.compose("port", service, str(port)).stdout.strip()
+
+    def inner(self, figure: str, *args: str, env: dict | None = None, name: str | None = None,
+              on_start=None, timeout=1800) -> dict:
+        """Run bench/inner.py in a one-off container of the celery service; return its JSON."""
+        extra = []
+        for k, v in (env or {}).items():
+            extra += ["-e", f"{k}={v}"]
+        name = name or f"{self.project}-inner-{uuid.uuid4().hex[:6]}"
+        c = self.cmd("run", "--rm", "--no-deps", "-T", "--name", name,
+                     "-v", f"{BENCH}:/bench:ro", "-e", "PYTHONPATH=/bench:/app", *extra,
+                     "celery", "python", "/bench/inner.py", figure, *args)
+        log(f"inner {figure} {' '.join(args)} {env or ''}")
+        proc = subprocess.Popen(c, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        watcher = on_start(name, proc) if on_start else None
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+            raise RuntimeError(f"inner {figure} timed out after {timeout}s")
+        if watcher:
+            watcher.join(30)
+        lines = out.strip().splitlines()
+        if proc.returncode or not lines:
+            raise RuntimeError(f"inner {figure} failed ({proc.returncode}):\n{err[-3000:]}")
+        return json.loads(lines[-1])
+
+
+# ---- docker stats ------------------------------------------------------------------------------
+UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+def mem_mib(container: str) -> float | None:
+    """`docker stats` memory of one container (usage minus page cache, as the CLI shows it)."""
+    p = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+                       capture_output=True, text=True, timeout=60)
+    m = re.match(r"\s*([\d.]+)\s*([A-Za-z]+)", p.stdout)
+    if p.returncode or not m:
+        return None
+    return float(m.group(1)) * UNITS.get(m.group(2), 1) / 1024**2
+
+
+def stats_watcher(samples: list):
+    """on_start hook for Stack.inner: sample `docker stats` of the one-off container while it runs."""
+    def start(name, proc):
+        def loop():
+            while proc.poll() is None:
+                v = mem_mib(name)
+                if v:
+                    samples.append(v)
+                time.sleep(0.2)
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        return t
+    return start
+
+
+# ---- wrk -----------------------------------------------------------------------------------------
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise Skip("wrk missing and not root with apt-get: `apt-get install wrk`")
+    log("installing wrk from Debian (apt-get install -y wrk)")
+    p = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "wrk"],
+                       capture_output=True, text=True, env={**os.environ,
+                                                            "DEBIAN_FRONTEND": "noninteractive"})
+    if p.returncode:
+        raise Skip(f"apt-get install wrk failed: {p.stderr.strip().splitlines()[-1:]}")
+    return shutil.which("wrk") or "wrk"
+
+
+def wrk(url: str, seconds: int, connections: int, body: str | None = None) -> dict:
+    wrk_bin = ensure_wrk()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        if body is not None:
+            f.write('wrk.method = "POST"\n'
+                    f"wrk.body = {json.dumps(body)}\n"
+                    'wrk.headers["Content-Type"] = "application/json"\n')
+        script = f.name
+    try:
+        p = subprocess.run([wrk_bin, "-t", "2", "-c", str(connections), "-d", f"{seconds}s",
+                            "--latency", "-s", script, url],
+                           capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(script)
+    out = p.stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if p.returncode or not m:
+        raise RuntimeError(f"wrk {url} failed:\n{out}\n{p.stderr}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:(.*)", out)
+    p50 = re.search(r"\s50%\s+([\d.]+\w+)", out)
+    return {"rps": float(m.group(1)), "non2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1).strip() if errors else "", "p50": p50.group(1)
+            if p50 else "?"}
+
+
+# ---- PNG (stdlib only: zlib + struct) ------------------------------------------------------------
+def write_png(path: Path, width: int, height: int, pixels: list[bytearray]) -> None:
+    raw = b"".join(b"\x00" + bytes(row) for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    png = (b"\x89PNG\r\n\x1a\n"
+           + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    path.write_bytes(png)
+
+
+def histogram_png(path: Path, series: list[tuple[list[int], tuple]], x_max_us: int,
+                  bins: int = 100, tick_us: int = 1000) -> float:
+    """Bars of each series' histogram (counts normalised to the series' own peak), 0..x_max_us.
+    A grey tick every tick_us along the bottom. Returns the bin width in microseconds."""
+    W, H, M = 800, 300, 20
+    pix = [bytearray(b"\xff" * (W * 3)) for _ in range(H)]
+    bw = x_max_us / bins
+    col_w = (W - 2 * M) / bins
+
+    def put(x, y, rgb):
+        if 0 <= x < W and 0 <= y < H:
+            pix[y][3 * x:3 * x + 3] = bytes(rgb)
+
+    for samples, rgb in series:
+        counts = [0] * bins
+        for s in samples:
+            counts[min(int(s / bw), bins - 1)] += 1
+        peak = max(counts) or 1
+        for i, c in enumerate(counts):
+            h = int((H - 2 * M) * c / peak)
+            x0, x1 = int(M + i * col_w), int(M + (i + 1) * col_w) - 1
+            for x in range(x0, max(x0 + 1, x1)):
+                for y in range(H - M - h, H - M):
+                    put(x, y, rgb)
+    for x in range(M, W - M):  # x axis
+        put(x, H - M, (0, 0, 0))
+    t = 0
+    while t <= x_max_us:
+        x = int(M + t / bw * col_w)
+        for y in range(H - M, H - M + 8):
+            put(x, y, (90, 90, 90))
+        t += tick_us
+    write_png(path, W, H, pix)
+    return bw
+
+
+# ---- machine ---------------------------------------------------------------------------------------
+def sh(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                              timeout=30).stdout.strip()
+    except Exception:
+        return "?"
+
+
+def other_containers() -> list[str]:
+    """Containers of other stacks (contention on the same cores), e.g. trinity-chaos-*."""
+    return [n for n in sh("docker", "ps", "--format", "{{.Names}}").split()
+            if not n.startswith("trinity-bench-")]
+
+
+def machine() -> dict:
+    mem = "?"
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{kb / 1024**2:.1f} GiB"
+    except Exception:
+        pass
+    cpu = "?"
+    try:
+        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
+    except Exception:
+        pass
+    rev = sh("git", "rev-parse", "--short", "HEAD")
+    if sh("git", "status", "--porcelain", "--untracked-files=no"):
+        rev += " (+ uncommitted changes)"
+    others = other_containers()
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "nproc": os.cpu_count(), "memory": mem, "cpu": cpu,
+            "kernel": platform.release(),
+            "docker": sh("docker", "version", "--format", "{{.Server.Version}}"),
+            "compose": sh("docker", "compose", "version", "--short"), "git": rev,
+            "other_containers": others}
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+class Table:
+    def __init__(self):
+        self.rows: list[tuple] = []
+
+    def add(self, figure, value, baseline_name="", baseline=None, ratio=None, note=""):
+        self.rows.append((figure, value, baseline_name, baseline, ratio, note))
+
+    def ratio(self, figure, value, unit, baseline_name, baseline, note="", fmt="{:,.0f}"):
+        r = value / baseline if baseline else None
+        self.add(figure, f"{fmt.format(value)} {unit}", baseline_name,
+                 f"{fmt.format(baseline)} {unit}" if baseline else "", r, note)
+        return r
+
+    def skip(self, figure, reason):
+        self.add(figure, "skipped", "", None, None, reason)
+
+    def markdown(self) -> str:
+        out = ["| figure | measured | baseline | baseline value | ratio | note |",
+               "|---|---:|---|---:|---:|---|"]
+        for f, v, bn, b, r, n in self.rows:
+            rs = "" if r is None else f"**{r:.2f}x**"
+            out.append(f"| {f} | {v} | {bn} | {b or ''} | {rs} | {n} |")
+        return "\n".join(out)
+
+    def text(self) -> str:
+        hdr = ("figure", "measured", "baseline", "base value", "ratio", "note")
+        rows = [hdr] + [(f, v, bn, b or "", "" if r is None else f"{r:.2f}x", n)
+                        for f, v, bn, b, r, n in self.rows]
+        widths = [min(max(len(str(r[i])) for r in rows), 60) for i in range(5)]
+        lines = []
+        for r in rows:
+            lines.append("  ".join(str(r[i]).ljust(widths[i]) for i in range(5)) + "  " + r[5])
+        return "\n".join(lines)
+
+
+SEEN_OTHERS: set[str] = set()
+
+
+def section(table: Table, name: str, func, *args):
+    SEEN_OTHERS.update(other_containers())  # contention, checked at every figure
+    t = time.monotonic()
+    try:
+        func(table, *args)
+    except Skip as exc:
+        table.skip(name, str(exc))
+        log(f"{name}: skipped: {exc}")
+    except Exception as exc:  # one broken figure must not lose the others
+        first = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else type(exc).__name__
+        table.skip(name, f"FAILED: {first}")
+        log(f"{name}: FAILED:\n{exc}")
+    log(f"{name}: {time.monotonic() - t:.0f}s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="N=2000, short wrk runs")
+    ap.add_argument("--n", type=int, help="no-ops per drain/enqueue figure (default 20000)")
+    ap.add_argument("--rounds", type=int, help="latency samples (default 2000, quick 300)")
+    ap.add_argument("--seconds", type=int, help="wrk duration per URL (default 10, quick 3)")
+    ap.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
+    ap.add_argument("--no-tune", action="store_true", help="skip the tuning variants")
+    ap.add_argument("--keep", action="store_true", help="leave the stack up (prints its name)")
+    ap.add_argument("--results", default=str(BENCH / "RESULTS.md"))
+    args = ap.parse_args()
+    n = args.n or (2000 if args.quick else 20000)
+    rounds = args.rounds or (300 if args.quick else 2000)
+    seconds = args.seconds or (3 if args.quick else 10)
+
+    project = f"trinity-bench-{uuid.uuid4().hex[:8]}"
+    stack = Stack(project)
+    table, tuning = Table(), Table()
+    ctx: dict = {"n": n, "rounds": rounds, "inflight": 16}
+    info = machine()
+    started = time.monotonic()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+
+    try:
+        log(f"stack {project}: up {' '.join(SERVICES)}")
+        t = time.monotonic()
+        stack.up()
+        log(f"stack healthy in {time.monotonic() - t:.0f}s")
+        time.sleep(5)  # let start-up settle before the idle footprint
+        section(table, "footprint (idle)", fig_footprint_idle, stack, ctx)
+        # The stack's worker consumes trinity.tasks, not the bench queue; stopped so its
+        # healthcheck (a Python process every 5 s) and HTTP-enqueued work do not eat the 2 cores.
+        stack.compose("stop", "celery")
+        section(table, "raw Redis baselines", fig_raw, stack, ctx)
+        section(table, "enqueue", fig_enqueue, stack, ctx)
+        section(table, "drain", fig_drain, stack, ctx)
+        section(table, "latency", fig_latency, stack, ctx)
+        section(table, "HTTP enqueue", fig_http, stack, ctx, seconds, args.connections)
+        section(table, "image size", fig_images, stack, ctx)
+        if not args.no_tune:
+            section(tuning, "tuning", fig_tuning, stack, ctx)
+    finally:
+        if args.keep:
+            log(f"--keep: stack {project} left up; `docker compose -p {project} down -v`")
+        else:
+            log(f"stack {project}: down -v")
+            stack.down()
+
+    info["other_containers"] = sorted(set(info["other_containers"]) | set(other_containers())
+                                     | SEEN_OTHERS)
+    info["wall"] = f"{time.monotonic() - started:.0f}s"
+    info["args"] = " ".join(sys.argv[1:]) or "(full run)"
+    print("\n" + table.text())
+    if tuning.rows:
+        print("\ntuning (same run, same Redis):\n" + tuning.text())
+    png = None
+    if ctx.get("latency_samples") and ctx.get("pingpong_samples"):
+        png = Path(args.results).parent / "latency.png"
+        x_max = int(max(sorted(ctx["latency_samples"])[int(len(ctx["latency_samples"]) * .99)]
+                        * 1.2, 2000))
+        ctx["png_bin_us"] = histogram_png(
+            png, [(ctx["latency_samples"], (46, 104, 196)),
+                  (ctx["pingpong_samples"], (230, 120, 20))], x_max)
+        ctx["png_x_max_us"] = x_max
+    if ctx.get("saturated_samples"):
+        s = sorted(ctx["saturated_samples"])
+        x_max = int(s[int(len(s) * .99)] * 1.2)
+        ctx["png2_bin_us"] = histogram_png(Path(args.results).parent / "latency-saturated.png",
+                                           [(s, (46, 104, 196))], x_max, tick_us=10000)
+        ctx["png2_x_max_us"] = x_max
+    write_results(Path(args.results), info, table, tuning, ctx, png)
+    log(f"wrote {args.results}" + (f" and {png}" if png else ""))
+    return 0
+
+
+# ---- figures ---------------------------------------------------------------------------------------------
+def fig_footprint_idle(table: Table, stack: Stack, ctx):
+    name = f"{stack.project}-bare-python"
+    subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--entrypoint", "python",
+                    "trinity/django:dev", "-c", "import time; time.sleep(300)"],
+                   capture_output=True, check=True)
+    try:
+        time.sleep(2)
+        bare = mem_mib(name)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    ctx["bare_python_mib"] = bare
+    for svc in ("web", "fastapi", "celery", "postgres", "redis"):
+        v = mem_mib(stack.container(svc))
+        if v is None:
+            table.skip(f"idle memory: {svc}", "docker stats gave nothing")
+        elif svc in ("postgres", "redis"):
+            table.add(f"idle memory: {svc}", f"{v:.1f} MiB", note="no Python baseline")
+        else:
+            note = {"web": "runserver (dev), autoreloader: 2 processes",
+                    "fastapi": "uvicorn --reload (dev): 2 processes",
+                    "celery": "prefork, default concurrency"}[svc]
+            table.ratio(f"idle memory: {svc}", v, "MiB", "bare `python` container", bare,
+                        note, fmt="{:,.1f}")
+            ctx[f"idle_{svc}_mib"] = v
+
+
+def fig_raw(table: Table, stack: Stack, ctx):
+    r = stack.inner("raw", "--n", str(ctx["n"]), "--rounds", str(ctx["rounds"]))
+    ctx["raw"] = r
+    ctx["pingpong_samples"] = r["pingpong"].pop("samples")
+    table.add("raw BRPOP drain (baseline)", f"{r['brpop_drain_rate']:,.0f} /s", note=(
+        f"payload {r['payload_bytes']} B = one real bench.noop message; "
+        f"reliable BLMOVE+LREM: {r['reliable_drain_rate']:,.0f} /s"))
+    table.add("raw LPUSH (baseline)", f"{r['lpush_rate']:,.0f} /s",
+              note=f"pipelined by 1000: {r['lpush_pipelined_rate']:,.0f} /s")
+    pp = r["pingpong"]
+    table.add("BLPOP ping-pong p50 (baseline)", f"{pp['p50'] * 1e3:.3f} ms",
+              note=f"p95 {pp['p95'] * 1e3:.3f} ms, p99 {pp['p99'] * 1e3:.3f} ms, two processes")
+
+
+def fig_enqueue(table: Table, stack: Stack, ctx):
+    r = stack.inner("enqueue", "--n", str(ctx["n"]))
+    ctx["enqueue"] = r
+    raw = ctx["raw"]["lpush_rate"]
+    table.ratio("enqueue `.delay()`", r["delay_rate"], "/s", "raw LPUSH", raw,
+                "reference ~3,100/s")
+    table.ratio("enqueue grouped `apply_async` (group of 1000)", r["group_rate"], "/s",
+                "raw LPUSH", raw)
+    table.ratio("enqueue `apply_async` on one held producer", r["producer_rate"], "/s",
+                "raw LPUSH", raw, f"vs pipelined LPUSH: "
+                f"{r['producer_rate'] / ctx['raw']['lpush_pipelined_rate']:.3f}x")
+
+
+def fig_drain(table: Table, stack: Stack, ctx):
+    raw = ctx["raw"]["brpop_drain_rate"]
+    samples: list[float] = []
+    for pool, note in (("prefork", "reference ~1,100/s; target >= 0.50x"),
+                       ("threads", "reference ~1,700/s"), ("solo", "reference only")):
+        watch = stats_watcher(samples) if pool == "prefork" else None
+        try:
+            r = stack.inner("drain", "--n", str(ctx["n"]), "--pool", pool, on_start=watch)
+        except Exception as exc:
+            table.skip(f"drain {ctx['n']:,} no-ops, {pool}", f"FAILED: {str(exc)[:150]}")
+            continue
+        ctx[f"drain_{pool}"] = r
+        table.ratio(f"drain {ctx['n']:,} no-ops, {pool}", r["rate"], "/s", "raw BRPOP drain",
+                    raw, f"{note}; {r['redis_cmds_per_task']:.1f} Redis commands/task")
+        ctx.setdefault("redis_top", {})[pool] = r["redis_top"]
+        if pool == "prefork":
+            if samples and ctx.get("idle_celery_mib"):
+                table.ratio("memory: prefork worker under load", max(samples), "MiB",
+                            "idle `celery` service", ctx["idle_celery_mib"],
+                            f"docker stats peak of the drain container (incl. the bench driver);"
+                            f" worker tree RSS {r['worker_rss_mb']:.0f} MiB", fmt="{:,.1f}")
+            else:
+                table.add("memory: prefork worker under load", f"{r['worker_rss_mb']:.0f} MiB",
+                          note="worker tree RSS (/proc); docker stats gave no sample")
+
+
+def fig_latency(table: Table, stack: Stack, ctx):
+    r = stack.inner("latency", "--rounds", str(ctx["rounds"]))
+    ctx["latency_samples"] = r.pop("samples")
+    pp = ctx["raw"]["pingpong"]
+    for p in ("p50", "p95", "p99"):
+        table.ratio(f"enqueue->result {p}, 1 in flight (prefork)", r[p] * 1e3, "ms",
+                    "BLPOP ping-pong", pp[p] * 1e3,
+                    "target p50 <= 3x" if p == "p50" else "", fmt="{:.3f}")
+    k = ctx["inflight"]
+    r = stack.inner("latency", "--rounds", str(ctx["rounds"]), "--inflight", str(k))
+    ctx["saturated_samples"] = r.pop("samples")
+    for p in ("p50", "p95", "p99"):
+        table.ratio(f"enqueue->result {p}, {k} in flight (saturating)", r[p] * 1e3, "ms",
+                    "BLPOP ping-pong", pp[p] * 1e3,
+                    f"closed loop, {r['throughput']:,.0f} tasks/s; time to SUCCESS published"
+                    if p == "p50" else "", fmt="{:.2f}")
+
+
+def fig_http(table: Table, stack: Stack, ctx, seconds, conns):
+    ensure_wrk()
+    for svc, port, path, code in (("fastapi", 8001, "/tasks", "202"),
+                                  ("web", 8000, "/api/task-runs/", "201")):
+        base = "http://" + stack.port(svc, port)
+        h = wrk(base + "/healthz", seconds, conns)
+        e = wrk(base + path, seconds, conns, body='{"operation": "noop", "payload": null}')
+        bad = ""
+        if e["non2xx"] or h["non2xx"]:
+            bad = f"; NON-2xx: {e['non2xx']} enqueue, {h['non2xx']} healthz"
+        name = "FastAPI POST /tasks" if svc == "fastapi" else "Django POST /api/task-runs/"
+        table.ratio(f"HTTP {name} (-c{conns})", e["rps"], "req/s", "same server GET /healthz",
+                    h["rps"], f"{code}; p50 {e['p50']} vs {h['p50']}; target >= 0.60x{bad}")
+
+
+def fig_images(table: Table, stack: Stack, ctx):
+    def size(img):
+        p = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", img],
+                           capture_output=True, text=True)
+        if p.returncode:
+            raise Skip(f"image {img} not found")
+        return int(p.stdout.strip()) / 1e6
+    base = size("debian:trixie-slim")
+    for img in ("trinity/django:dev", "trinity/fastapi:dev", "trinity/postgres:dev",
+                "trinity/redis:dev"):
+        s = size(img)
+        target = "; target <= base + 90 MB" if "django" in img or "fastapi" in img else ""
+        table.ratio(f"image {img}", s, "MB", "debian:trixie-slim", base,
+                    f"base + {s - base:.0f} MB{target}", fmt="{:,.0f}")
+
+
+TUNINGS = [
+    # (label, env, extra worker args, pool, workers, concurrency)
+    ("defaults (prefork, -c default)", {}, "", "prefork", 1, 0),
+    ("+ ignore_result", {"BENCH_IGNORE_RESULT": "1"}, "", "prefork", 1, 0),
+    ("+ no task events, no STARTED state",
+     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
+     "", "prefork", 1, 0),
+    ("+ no gossip/mingle/heartbeat",
+     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
+     "--without-gossip --without-mingle --without-heartbeat", "prefork", 1, 0),
+    ("+ prefetch multiplier 16",
+     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
+     "--without-gossip --without-mingle --without-heartbeat --prefetch-multiplier 16",
+     "prefork", 1, 0),
+    ("all of the above, 2 solo worker nodes (2 consumers)",
+     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
+     "--without-gossip --without-mingle --without-heartbeat --prefetch-multiplier 16",
+     "solo", 2, 0),
+    ("all of the above, 2 threads worker nodes (-c 4 each)",
+     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
+     "--without-gossip --without-mingle --without-heartbeat --prefetch-multiplier 16",
+     "threads", 2, 4),
+]
+
+
+def fig_tuning(table: Table, stack: Stack, ctx):
+    raw = ctx["raw"]["brpop_drain_rate"]
+    for label, env, extra, pool, workers, conc in TUNINGS:
+        a = ["--n", str(ctx["n"]), "--pool", pool, "--workers", str(workers)]
+        if conc:
+            a += ["--concurrency", str(conc)]
+        if extra:
+            a += ["--extra=" + extra]
+        try:
+            r = stack.inner("drain", *a, env=env)
+        except Exception as exc:
+            table.skip(f"drain: {label}", f"FAILED: {str(exc)[:150]}")
+            continue
+        table.ratio(f"drain: {label}", r["rate"], "/s", "raw BRPOP drain", raw,
+                    f"{r['redis_cmds_per_task']:.1f} Redis cmds/task; "
+                    f"worker RSS {r['worker_rss_mb']:.0f} MiB")
+        ctx.setdefault("redis_top", {})[label] = r["redis_top"]
+    env = {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"}
+    try:
+        r = stack.inner("enqueue", "--n", str(ctx["n"]), env=env)
+        raw_lpush = ctx["raw"]["lpush_rate"]
+        table.ratio("enqueue `.delay()`: ignore_result, no sent events", r["delay_rate"], "/s",
+                    "raw LPUSH", raw_lpush, f"defaults: {ctx['enqueue']['delay_rate']:,.0f} /s")
+        table.ratio("enqueue held producer: ignore_result, no sent events", r["producer_rate"],
+                    "/s", "raw LPUSH", raw_lpush,
+                    f"defaults: {ctx['enqueue']['producer_rate']:,.0f} /s")
+    except Exception as exc:
+        table.skip("enqueue tuned", f"FAILED: {str(exc)[:150]}")
+    env2 = {"BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"}
+    try:
+        r = stack.inner("latency", "--rounds", str(ctx["rounds"]),
+                        "--extra=--without-gossip --without-mingle --without-heartbeat", env=env2)
+        pp = ctx["raw"]["pingpong"]
+        table.ratio("enqueue->result p50: no events, no STARTED, no gossip/mingle/heartbeat",
+                    r["p50"] * 1e3, "ms", "BLPOP ping-pong", pp["p50"] * 1e3,
+                    f"p99 {r['p99'] * 1e3:.2f} ms; results kept (latency needs them)",
+                    fmt="{:.3f}")
+    except Exception as exc:
+        table.skip("latency tuned", f"FAILED: {str(exc)[:150]}")
+
+
+def write_results(path: Path, info: dict, table: Table, tuning: Table, ctx: dict, png):
+    notes = ""
+    if path.exists():
+        old = path.read_text()
+        if NOTES_MARKER in old:
+            notes = old.split(NOTES_MARKER, 1)[1]
+    contention = ""
+    if info["other_containers"]:
+        contention = (f"\n**Contention:** other containers were running on this machine during "
+                      f"the run (checked before every figure) ({len(info['other_containers'])}: "
+                      f"{', '.join(sorted(info['other_containers'])[:8])}"
+                      f"{', ...' if len(info['other_containers']) > 8 else ''}). Ratios hold better "
+                      f"than absolute numbers, but even ratios are noisy under such load.\n")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"`make bench` (= `.venv/bin/python bench/run.py {info['args'] if info['args'] != '(full run)' else ''}"
+        .rstrip() + "`), written by bench/run.py.",
+        "",
+        f"- date: {info['date']}; wall time {info['wall']}",
+        f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
+        f"kernel {info['kernel']}",
+        f"- docker {info['docker']}, compose {info['compose']}",
+        f"- git revision: {info['git']}",
+        f"- N = {ctx['n']:,} no-ops per drain/enqueue figure, {ctx['rounds']:,} latency samples; "
+        "dev template (runserver, uvicorn --reload), Redis 8 with AOF everysec",
+        contention,
+        "Every ratio divides a figure by a baseline measured in the same run on the same "
+        "containers (baseline value in the next column). `bench.noop` is a pure no-op task "
+        "(bench/bench_app.py) on its own queue; the stack's settings (acks_late, prefetch 1, "
+        "results, events, STARTED state) apply unless a tuning row says otherwise.",
+        "",
+        table.markdown(),
+        "",
+    ]
+    if tuning.rows:
+        lines += ["## Tuning: before/after (same run, same Redis, acks_late and visibility "
+                  "timeout untouched)", "", tuning.markdown(), ""]
+    if png:
+        lines += ["## Latency histogram", "",
+                  f"![latency](latency.png)", "",
+                  f"`latency.png`: blue = Celery enqueue->result ({len(ctx['latency_samples'])} "
+                  f"samples), orange = BLPOP ping-pong ({len(ctx['pingpong_samples'])}); x from 0 "
+                  f"to {ctx['png_x_max_us'] / 1000:.1f} ms, bins of {ctx['png_bin_us']:.0f} us, "
+                  "grey ticks every 1 ms; each series scaled to its own peak; the last bin holds "
+                  "everything beyond the axis.", ""]
+    if ctx.get("png2_x_max_us"):
+        lines += ["![latency at saturation](latency-saturated.png)", "",
+                  f"`latency-saturated.png`: Celery enqueue->result with {ctx['inflight']} tasks "
+                  f"in flight ({len(ctx['saturated_samples'])} samples); x from 0 to "
+                  f"{ctx['png2_x_max_us'] / 1000:.0f} ms, bins of {ctx['png2_bin_us'] / 1000:.1f} ms,"
+                  " grey ticks every 10 ms.", ""]
+    if ctx.get("redis_top"):
+        lines += ["## Redis commands per drained task (INFO commandstats delta / N)", ""]
+        for label, top in ctx["redis_top"].items():
+            lines.append(f"- {label}: " + ", ".join(f"{k} {v}" for k, v in top.items()))
+        lines.append("")
+    lines += [NOTES_MARKER]
+    path.write_text("\n".join(lines) + (notes if notes else "\n"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
