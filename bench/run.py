@@ -46,34 +46,19 @@ class Skip(Exception):
     """A figure that cannot be measured here; the reason goes into the table."""
 
 
-# ---- the stack -------------------------------------------------------------------------------
-class Stack:
+# ---- the stack ----------------------------------------------------------------------------------
+sys.path.insert(0, str(ROOT / "tests"))
+from stack import Stack as ComposeProject  # noqa: E402  the compose wrapper of the stack tests
+
+
+class Stack(ComposeProject):
+    """The bench's own compose project: the tests' wrapper, plus running bench/inner.py."""
+
     def __init__(self, project: str):
-        self.project = project
-
-    def cmd(self, *args: str) -> list[str]:
-        c = ["docker", "compose", "-p", self.project, "--env-file", ENV_FILE]
-        for f in FILES:
-            c += ["-f", f]
-        return c + list(args)
-
-    def compose(self, *args: str, check=True, timeout=600) -> subprocess.CompletedProcess:
-        p = subprocess.run(self.cmd(*args), cwd=ROOT, text=True, capture_output=True,
-                           timeout=timeout)
-        if check and p.returncode:
-            raise RuntimeError(f"docker compose {' '.join(args)} failed ({p.returncode}):\n"
-                               f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-        return p
+        super().__init__(files=FILES, env_file=ENV_FILE, project=project)
 
     def up(self) -> None:
         self.compose("up", "-d", "--wait", "--wait-timeout", "240", *SERVICES, timeout=400)
-
-    def down(self) -> None:
-        self.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False,
-                     timeout=300)
-
-    def container(self, service: str) -> str:
-        return self.compose("ps", "-q", service).stdout.split()[0]
 
     def port(self, service: str, port: int) -> str:
         return self.compose("port", service, str(port)).stdout.strip()
@@ -85,7 +70,7 @@ class Stack:
         for k, v in (env or {}).items():
             extra += ["-e", f"{k}={v}"]
         name = name or f"{self.project}-inner-{uuid.uuid4().hex[:6]}"
-        c = self.cmd("run", "--rm", "--no-deps", "-T", "--name", name,
+        c = self.compose_cmd("run", "--rm", "--no-deps", "-T", "--name", name,
                      "-v", f"{BENCH}:/bench:ro", "-e", "PYTHONPATH=/bench:/app", *extra,
                      "celery", "python", "/bench/inner.py", figure, *args)
         log(f"inner {figure} {' '.join(args)} {env or ''}")
@@ -411,7 +396,7 @@ def fig_footprint_idle(table: Table, stack: Stack, ctx):
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     ctx["bare_python_mib"] = bare
     for svc in ("web", "fastapi", "celery", "postgres", "redis"):
-        v = mem_mib(stack.container(svc))
+        v = mem_mib(stack.container(svc).id)
         if v is None:
             table.skip(f"idle memory: {svc}", "docker stats gave nothing")
         elif svc in ("postgres", "redis"):
