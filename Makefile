@@ -29,8 +29,11 @@ $(PROD_FILE):
 .env:
 	cp envs/dev.env $@
 
+# `make dev-up BUILD_FLAGS=--no-cache` rebuilds every layer (the bench's cold start does).
+BUILD_FLAGS ?=
+
 build: bootstrap $(DEV_FILE) .env ## build every image of the dev stack
-	$(COMPOSE) build
+	$(COMPOSE) build $(BUILD_FLAGS)
 
 dev-up: build ## bring the dev stack up, wait until healthy, show what runs where
 	@scripts/dev-up

@@ -189,11 +189,19 @@ def fig_enqueue(args):
 
 
 # ---- Celery workers ---------------------------------------------------------------------------------
+# The flags of images/django/start-celery, so a bench worker runs as the stack's workers do.
+STACK_WORKER_FLAGS = ["--without-gossip", "--without-mingle"]
+
+
 def start_worker(pool, concurrency, extra, name):
+    from bench_app import flag
+
     cmd = ["celery", "-A", "bench_app", "worker", "--loglevel", "warning", "-Q", QUEUE,
            "--hostname", f"{name}@%h", "--pool", pool]
     if concurrency:
         cmd += ["--concurrency", str(concurrency)]
+    if not flag("BENCH_LEGACY"):
+        cmd += STACK_WORKER_FLAGS
     cmd += extra
     log("worker:", " ".join(cmd))
     return subprocess.Popen(cmd, start_new_session=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-FILES = ["docker-compose-dev.example.yml", "compose/test.yml"]
+FILES = ["docker-compose-dev.example.yml", "compose/bench.yml"]
 ENV_FILE = "envs/dev.env"
 SERVICES = ["postgres", "redis", "migrate", "web", "fastapi", "celery"]
 NOTES_MARKER = "<!-- notes below this line are kept when run.py rewrites the file -->"
@@ -58,6 +58,7 @@ class Stack(ComposeProject):
         super().__init__(files=FILES, env_file=ENV_FILE, project=project)
 
     def up(self) -> None:
+        self.compose("build", *SERVICES, timeout=1800)  # the tree as it is (cached: seconds)
         self.compose("up", "-d", "--wait", "--wait-timeout", "240", *SERVICES, timeout=400)
 
     def port(self, service: str, port: int) -> str:
@@ -313,12 +314,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, help="wrk duration per URL (default 10, quick 3)")
     ap.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     ap.add_argument("--no-tune", action="store_true", help="skip the tuning variants")
+    ap.add_argument("--no-start", action="store_true",
+                    help="skip the start/build figures (cold + warm `make dev-up`, ~5 min)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="does it run at all: N=200, 1 s of wrk, no tuning, no start figures")
     ap.add_argument("--keep", action="store_true", help="leave the stack up (prints its name)")
     ap.add_argument("--results", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args()
-    n = args.n or (2000 if args.quick else 20000)
-    rounds = args.rounds or (300 if args.quick else 2000)
-    seconds = args.seconds or (3 if args.quick else 10)
+    if args.smoke:
+        args.no_tune = args.no_start = True
+    n = args.n or (200 if args.smoke else 2000 if args.quick else 20000)
+    rounds = args.rounds or (50 if args.smoke else 300 if args.quick else 2000)
+    seconds = args.seconds or (1 if args.smoke else 3 if args.quick else 10)
 
     project = f"trinity-bench-{uuid.uuid4().hex[:8]}"
     stack = Stack(project)
@@ -355,6 +362,8 @@ def main() -> int:
         else:
             log(f"stack {project}: down -v")
             stack.down()
+    if not args.no_start:  # after the stack is gone: it would compete for the 2 cores
+        section(table, "start and build", fig_start, project, ctx)
 
     info["other_containers"] = sorted(set(info["other_containers"]) | set(other_containers())
                                      | SEEN_OTHERS)
@@ -402,8 +411,8 @@ def fig_footprint_idle(table: Table, stack: Stack, ctx):
         elif svc in ("postgres", "redis"):
             table.add(f"idle memory: {svc}", f"{v:.1f} MiB", note="no Python baseline")
         else:
-            note = {"web": "runserver (dev), autoreloader: 2 processes",
-                    "fastapi": "uvicorn --reload (dev): 2 processes",
+            note = {"web": "gunicorn, 2 workers x 4 threads (+ master)",
+                    "fastapi": "gunicorn, 2 uvicorn workers (+ master)",
                     "celery": "prefork, default concurrency"}[svc]
             table.ratio(f"idle memory: {svc}", v, "MiB", "bare `python` container", bare,
                         note, fmt="{:,.1f}")
@@ -466,6 +475,7 @@ def fig_drain(table: Table, stack: Stack, ctx):
 def fig_latency(table: Table, stack: Stack, ctx):
     r = stack.inner("latency", "--rounds", str(ctx["rounds"]))
     ctx["latency_samples"] = r.pop("samples")
+    ctx["latency_p50"] = r["p50"]
     pp = ctx["raw"]["pingpong"]
     for p in ("p50", "p95", "p99"):
         table.ratio(f"enqueue->result {p}, 1 in flight (prefork)", r[p] * 1e3, "ms",
@@ -482,18 +492,25 @@ def fig_latency(table: Table, stack: Stack, ctx):
 
 
 def fig_http(table: Table, stack: Stack, ctx, seconds, conns):
+    """POST enqueue vs GET /livez of the same production server (gunicorn, compose/bench.yml):
+    /livez touches neither Postgres nor Redis, so the ratio is what enqueueing adds to a request.
+    /healthz (SELECT 1 + a new Redis connection per call) is given in the note."""
     ensure_wrk()
     for svc, port, path, code in (("fastapi", 8001, "/tasks", "202"),
                                   ("web", 8000, "/api/task-runs/", "201")):
         base = "http://" + stack.port(svc, port)
-        h = wrk(base + "/healthz", seconds, conns)
+        live = wrk(base + "/livez", seconds, conns)
+        health = wrk(base + "/healthz", seconds, conns)
         e = wrk(base + path, seconds, conns, body='{"operation": "noop", "payload": null}')
         bad = ""
-        if e["non2xx"] or h["non2xx"]:
-            bad = f"; NON-2xx: {e['non2xx']} enqueue, {h['non2xx']} healthz"
-        name = "FastAPI POST /tasks" if svc == "fastapi" else "Django POST /api/task-runs/"
-        table.ratio(f"HTTP {name} (-c{conns})", e["rps"], "req/s", "same server GET /healthz",
-                    h["rps"], f"{code}; p50 {e['p50']} vs {h['p50']}; target >= 0.60x{bad}")
+        if e["non2xx"] or live["non2xx"] or health["non2xx"]:
+            bad = (f"; NON-2xx: {e['non2xx']} enqueue, {live['non2xx']} livez, "
+                   f"{health['non2xx']} healthz")
+        name = ("FastAPI POST /tasks (gunicorn, 2 uvicorn workers)" if svc == "fastapi"
+                else "Django POST /api/task-runs/ (gunicorn, 2 workers x 4 threads)")
+        table.ratio(f"HTTP {name}, -c{conns}", e["rps"], "req/s", "same server GET /livez",
+                    live["rps"], f"{code}; p50 {e['p50']} vs {live['p50']}; GET /healthz "
+                    f"{health['rps']:,.0f} req/s; target >= 0.60x{bad}")
 
 
 def fig_images(table: Table, stack: Stack, ctx):
@@ -512,28 +529,21 @@ def fig_images(table: Table, stack: Stack, ctx):
                     f"base + {s - base:.0f} MB{target}", fmt="{:,.0f}")
 
 
+LEGACY = {"BENCH_LEGACY": "1"}  # the settings before this tuning (bench_app.py)
+FIRE_AND_FORGET = {"BENCH_IGNORE_RESULT": "1"}
 TUNINGS = [
     # (label, env, extra worker args, pool, workers, concurrency)
-    ("defaults (prefork, -c default)", {}, "", "prefork", 1, 0),
-    ("+ ignore_result", {"BENCH_IGNORE_RESULT": "1"}, "", "prefork", 1, 0),
-    ("+ no task events, no STARTED state",
-     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
-     "", "prefork", 1, 0),
-    ("+ no gossip/mingle/heartbeat",
-     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
-     "--without-gossip --without-mingle --without-heartbeat", "prefork", 1, 0),
-    ("+ prefetch multiplier 16",
-     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
-     "--without-gossip --without-mingle --without-heartbeat --prefetch-multiplier 16",
+    ("before: task events, STARTED state, gossip, mingle", LEGACY, "", "prefork", 1, 0),
+    ("after: the stack's settings now (none of those)", {}, "", "prefork", 1, 0),
+    ("after + ignore_result (fire-and-forget task)", FIRE_AND_FORGET, "", "prefork", 1, 0),
+    ("after + ignore_result + no heartbeat", FIRE_AND_FORGET, "--without-heartbeat",
      "prefork", 1, 0),
-    ("all of the above, 2 solo worker nodes (2 consumers)",
-     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
-     "--without-gossip --without-mingle --without-heartbeat --prefetch-multiplier 16",
+    ("after + ignore_result + prefetch multiplier 16", FIRE_AND_FORGET,
+     "--prefetch-multiplier 16", "prefork", 1, 0),
+    ("after + ignore_result, 2 solo worker nodes (2 consumers)", FIRE_AND_FORGET, "",
      "solo", 2, 0),
-    ("all of the above, 2 threads worker nodes (-c 4 each)",
-     {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"},
-     "--without-gossip --without-mingle --without-heartbeat --prefetch-multiplier 16",
-     "threads", 2, 4),
+    ("after + ignore_result, 2 prefork nodes of 1 process", FIRE_AND_FORGET, "",
+     "prefork", 2, 1),
 ]
 
 
@@ -554,28 +564,125 @@ def fig_tuning(table: Table, stack: Stack, ctx):
                     f"{r['redis_cmds_per_task']:.1f} Redis cmds/task; "
                     f"worker RSS {r['worker_rss_mb']:.0f} MiB")
         ctx.setdefault("redis_top", {})[label] = r["redis_top"]
-    env = {"BENCH_IGNORE_RESULT": "1", "BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"}
+    raw_lpush = ctx["raw"]["lpush_rate"]
+    for label, env in (("before (task-sent events)", LEGACY),
+                       ("after + ignore_result (no result subscription)", FIRE_AND_FORGET)):
+        try:
+            r = stack.inner("enqueue", "--n", str(ctx["n"]), env=env)
+            table.ratio(f"enqueue `.delay()`: {label}", r["delay_rate"], "/s", "raw LPUSH",
+                        raw_lpush, f"after: {ctx['enqueue']['delay_rate']:,.0f} /s")
+        except Exception as exc:
+            table.skip(f"enqueue: {label}", f"FAILED: {str(exc)[:150]}")
+    pp = ctx["raw"]["pingpong"]
+    for label, env, pool in (("before", LEGACY, "prefork"), ("after, threads pool", {}, "threads"),
+                             ("after, solo pool", {}, "solo")):
+        try:
+            r = stack.inner("latency", "--rounds", str(ctx["rounds"]), "--pool", pool, env=env)
+            table.ratio(f"enqueue->result p50: {label}", r["p50"] * 1e3, "ms",
+                        "BLPOP ping-pong", pp["p50"] * 1e3,
+                        f"p99 {r['p99'] * 1e3:.2f} ms; after, prefork: "
+                        f"{ctx['latency_p50'] * 1e3:.3f} ms", fmt="{:.3f}")
+        except Exception as exc:
+            table.skip(f"latency: {label}", f"FAILED: {str(exc)[:150]}")
+
+
+# ---- start and build ------------------------------------------------------------------------------
+START_TIMEOUT = 900
+
+
+def fresh_clone(dest: Path) -> None:
+    """Copy what a clone of this checkout holds (tracked files plus untracked, not ignored
+    ones): no wheelhouse, no .venv, no operator copies of the templates."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def timed(cmd: list[str], cwd: Path, env: dict, until: str | None = None) -> tuple[float, str]:
+    """Run cmd; seconds until a line containing `until` appeared (or until it exited), and its
+    output. Fails with the output's tail if the command fails."""
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    seen, lines = None, []
+    killer = threading.Timer(START_TIMEOUT, proc.kill)
+    killer.start()
     try:
-        r = stack.inner("enqueue", "--n", str(ctx["n"]), env=env)
-        raw_lpush = ctx["raw"]["lpush_rate"]
-        table.ratio("enqueue `.delay()`: ignore_result, no sent events", r["delay_rate"], "/s",
-                    "raw LPUSH", raw_lpush, f"defaults: {ctx['enqueue']['delay_rate']:,.0f} /s")
-        table.ratio("enqueue held producer: ignore_result, no sent events", r["producer_rate"],
-                    "/s", "raw LPUSH", raw_lpush,
-                    f"defaults: {ctx['enqueue']['producer_rate']:,.0f} /s")
-    except Exception as exc:
-        table.skip("enqueue tuned", f"FAILED: {str(exc)[:150]}")
-    env2 = {"BENCH_NO_EVENTS": "1", "BENCH_NO_TRACK_STARTED": "1"}
-    try:
-        r = stack.inner("latency", "--rounds", str(ctx["rounds"]),
-                        "--extra=--without-gossip --without-mingle --without-heartbeat", env=env2)
-        pp = ctx["raw"]["pingpong"]
-        table.ratio("enqueue->result p50: no events, no STARTED, no gossip/mingle/heartbeat",
-                    r["p50"] * 1e3, "ms", "BLPOP ping-pong", pp["p50"] * 1e3,
-                    f"p99 {r['p99'] * 1e3:.2f} ms; results kept (latency needs them)",
-                    fmt="{:.3f}")
-    except Exception as exc:
-        table.skip("latency tuned", f"FAILED: {str(exc)[:150]}")
+        for line in proc.stdout:
+            lines.append(line)
+            if until and seen is None and until in line:
+                seen = time.monotonic() - t
+    finally:
+        killer.cancel()
+    code = proc.wait()
+    out = "".join(lines)
+    if code or (until and seen is None):
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{out[-2000:]}")
+    return (seen if until else time.monotonic() - t), out
+
+
+def fig_start(table: Table, project: str, ctx):
+    """`make dev-up` to first SUCCESS on a fresh clone: cold (empty wheelhouse and venv, every
+    image layer rebuilt) and warm (images built, fresh volumes); rebuild after a one-line edit."""
+    tag = project.removeprefix("trinity-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "MAKE"))}
+    env.update(COMPOSE_PROJECT_NAME=f"{project}-start", TRINITY_TAG=tag, WEB_PORT=str(free_port()),
+               FASTAPI_PORT=str(free_port()))
+    first = "dev-up: first SUCCESS"
+    with tempfile.TemporaryDirectory(prefix="trinity-bench-clone-") as tmp:
+        clone = Path(tmp)
+        fresh_clone(clone)
+        compose = ["docker", "compose", "-f", "docker-compose-dev.yml"]
+        try:
+            cold, out = timed(["make", "dev-up", "BUILD_FLAGS=--no-cache"], clone, env, first)
+            steps = "; ".join(re.sub(r"\s+", " ", m) for m in
+                              re.findall(r"^bootstrap: (\S+\s+[\d.]+s)", out, re.M))
+            timed([*compose, "down", "-v"], clone, env)
+            warm, _ = timed(["make", "dev-up"], clone, env, first)
+            images = sorted({i for i in sh_in(clone, env, *compose, "config", "--images").split()
+                             if i.startswith("trinity/")})
+            bare = 0.0
+            for image in images:
+                bare += timed(["docker", "run", "--rm", "--entrypoint", "true", image],
+                              clone, env)[0]
+            table.ratio("`make dev-up` to first SUCCESS, cold", cold, "s",
+                        f"bare `docker run` of its {len(images)} images", bare,
+                        f"fresh clone, `BUILD_FLAGS=--no-cache`; bootstrap steps: {steps or '-'};"
+                        " target <= 300 s", fmt="{:.1f}")
+            table.ratio("`make dev-up` to first SUCCESS, warm", warm, "s",
+                        f"bare `docker run` of its {len(images)} images", bare,
+                        "images built, volumes new (initdb + migrations run); target <= 20 s",
+                        fmt="{:.1f}")
+            for service, edited in (("web", "services/TrinityBackendDjango/apps/orchestration/"
+                                            "views.py"),
+                                    ("fastapi", "services/TrinityBackendFastAPI/app/main.py")):
+                unchanged = timed([*compose, "build", service], clone, env)[0]
+                with open(clone / edited, "a") as f:
+                    f.write("# one-line edit made by bench/run.py\n")
+                rebuilt = timed([*compose, "build", service], clone, env)[0]
+                table.ratio(f"rebuild `{service}` after a one-line edit", rebuilt, "s",
+                            "the same build with no change", unchanged, f"edited {edited}",
+                            fmt="{:.1f}")
+        finally:
+            subprocess.run([*compose, "down", "-v", "--rmi", "all", "--remove-orphans"],
+                           cwd=clone, env=env, capture_output=True, timeout=300)
+
+
+def sh_in(cwd: Path, env: dict, *cmd: str) -> str:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_results(path: Path, info: dict, table: Table, tuning: Table, ctx: dict, png):
@@ -603,12 +710,14 @@ def write_results(path: Path, info: dict, table: Table, tuning: Table, ctx: dict
         f"- docker {info['docker']}, compose {info['compose']}",
         f"- git revision: {info['git']}",
         f"- N = {ctx['n']:,} no-ops per drain/enqueue figure, {ctx['rounds']:,} latency samples; "
-        "dev template (runserver, uvicorn --reload), Redis 8 with AOF everysec",
+        "dev template + compose/bench.yml (web and fastapi on their production servers), "
+        "Redis 8 with AOF everysec",
         contention,
         "Every ratio divides a figure by a baseline measured in the same run on the same "
         "containers (baseline value in the next column). `bench.noop` is a pure no-op task "
         "(bench/bench_app.py) on its own queue; the stack's settings (acks_late, prefetch 1, "
-        "results, events, STARTED state) apply unless a tuning row says otherwise.",
+        "results kept, no task events, no STARTED state, workers without gossip/mingle) apply "
+        "unless a tuning row says otherwise.",
         "",
         table.markdown(),
         "",

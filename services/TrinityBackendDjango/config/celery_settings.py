@@ -305,11 +305,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
         "worker_enable_soft_shutdown_on_idle": True,
         # Results expire so Redis does not fill up and evict broker keys.
         "result_expires": 24 * 3600,
-        # STARTED state, task name/args in results, and events: what monitor/Flower show.
-        "task_track_started": True,
+        # Task name/args in results: what monitor_orchestration_tasks shows.
         "result_extended": True,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No STARTED write per task (a GET + SETEX + PUBLISH): only the orchestration tasks,
+        # which run operations long enough to watch, ask for it (track_started=True).
+        "task_track_started": False,
+        # No task events by default: they were a third of a worker's time per short task
+        # (bench/RESULTS.md). Flower switches them on in the workers while it runs
+        # (its enable_events broadcast); `celery -A config.celery control enable_events`
+        # does the same for `celery events`.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         # Beat: RedBeat keeps the schedule and a lock in Redis: no pidfile/schedule file in
         # the container, and a second beat waits on the lock instead of running jobs twice.
         "beat_scheduler": "redbeat.RedBeatScheduler",

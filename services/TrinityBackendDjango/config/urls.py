@@ -1,4 +1,4 @@
-"""URL map: admin, the task-run API and the health endpoint."""
+"""URL map: admin, the task-run API, readiness (/healthz) and liveness (/livez)."""
 
 from django.contrib import admin
 from django.urls import path
@@ -10,4 +10,5 @@ urlpatterns = [
     path("api/task-runs/", views.task_runs, name="task-runs"),
     path("api/task-runs/<int:pk>/", views.task_run_detail, name="task-run-detail"),
     path("healthz", views.healthz, name="healthz"),
+    path("livez", views.livez, name="livez"),
 ]

@@ -91,6 +91,14 @@ def test_detail(client, publish, make_run):
     assert client.get(f"/api/task-runs/{run.pk}/?schema=missing").status_code == 400
 
 
+def test_livez_needs_neither_database_nor_broker(client):
+    with mock.patch("apps.orchestration.views.broker_ping", side_effect=AssertionError), \
+            mock.patch("apps.orchestration.views.connection") as db:
+        response = client.get("/livez")
+    assert response.status_code == 200 and response.json() == {"status": "alive"}
+    db.cursor.assert_not_called()
+
+
 def test_healthz_ok(client):
     with mock.patch("apps.orchestration.views.broker_ping") as ping:
         response = client.get("/healthz")

@@ -53,8 +53,10 @@ def test_reliability_settings():
     assert conf["broker_transport_options"]["unacked_restore_interval"] == 10
     assert conf["result_expires"] == 86400
     assert conf["worker_cancel_long_running_tasks_on_connection_loss"] is True
-    assert conf["task_track_started"] and conf["result_extended"]
-    assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
+    assert conf["result_extended"]
+    # Per-task costs that only some tasks or a watching Flower need: off by default.
+    assert not conf["task_track_started"]
+    assert not conf["worker_send_task_events"] and not conf["task_send_sent_event"]
     assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
     assert conf["redbeat_redis_url"] == conf["broker_url"]
     entry = conf["beat_schedule"]["mark-stuck-task-runs"]

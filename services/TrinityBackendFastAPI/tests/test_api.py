@@ -116,6 +116,13 @@ def test_task_state(send_task):
         assert client.get("/tasks/abc").json()["error"] == "boom"
 
 
+def test_livez_does_not_touch_redis():
+    with mock.patch("app.routes.health.broker_ping", side_effect=AssertionError) as ping:
+        response = client.get("/livez")
+    assert response.status_code == 200 and response.json() == {"status": "alive"}
+    ping.assert_not_called()
+
+
 def test_healthz_ok():
     with mock.patch("app.routes.health.broker_ping") as ping:
         response = client.get("/healthz")

@@ -106,15 +106,18 @@ def _execute(task_run_id, schema_name: str, celery_task_id: str | None) -> dict:
 # its outcome and operations are idempotent. Each countdown stays below the visibility timeout.
 DB_RETRY = {"autoretry_for": (OperationalError, InterfaceError), "max_retries": 6,
             "retry_backoff": 1, "retry_backoff_max": 15, "retry_jitter": False}
+# Operations can run for minutes: report STARTED so monitor/inspect show them as running
+# (the app-wide default is off, see celery_settings).
+ORCHESTRATION = {**DB_RETRY, "track_started": True}
 
 
-@shared_task(bind=True, name="apps.orchestration.tasks.execute_task", **DB_RETRY)
+@shared_task(bind=True, name="apps.orchestration.tasks.execute_task", **ORCHESTRATION)
 def execute_task(self, task_run_id, schema_name="public"):
     """Run TaskRun ``task_run_id`` of ``schema_name`` and record its outcome."""
     return _execute(task_run_id, schema_name, self.request.id)
 
 
-@shared_task(bind=True, name="apps.orchestration.tasks.run_operation", **DB_RETRY)
+@shared_task(bind=True, name="apps.orchestration.tasks.run_operation", **ORCHESTRATION)
 def run_operation(self, operation, payload=None, schema_name="public"):
     """Create a TaskRun (celery_task_id = this task's id) in ``schema_name`` and run it."""
     queue_for_operation(operation)  # unknown operation: FAILURE with a clear message
@@ -156,7 +159,8 @@ def _celery_state(task_id: str) -> str | None:
         return None
 
 
-@shared_task(name="apps.orchestration.tasks.mark_stuck_task_runs")
+# Nobody reads the beat job's return value (it logs what it marked): store no result.
+@shared_task(name="apps.orchestration.tasks.mark_stuck_task_runs", ignore_result=True)
 def mark_stuck_task_runs():
     """Mark FAILURE the rows nobody will finish, in every schema; return counts per schema."""
     limit = stuck_after()

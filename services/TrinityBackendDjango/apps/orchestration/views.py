@@ -87,6 +87,15 @@ def task_run_detail(request, pk: int):
 
 
 @require_GET
+def livez(request):
+    """200 while the process serves requests; touches neither Postgres nor Redis.
+
+    A liveness probe (restart me if this fails), and the bench's baseline for what a request
+    costs in this server before any work is done."""
+    return JsonResponse({"status": "alive"})
+
+
+@require_GET
 def healthz(request):
     """200 when Postgres answers SELECT 1 and Redis answers PING; else 503 naming the failure."""
     checks = {}

@@ -1,4 +1,5 @@
-"""GET /healthz: 200 when Redis (broker and result backend) answers PING quickly, else 503."""
+"""GET /healthz: 200 when Redis (broker and result backend) answers PING quickly, else 503.
+GET /livez: 200 while the process serves requests, touching nothing else (liveness)."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -26,3 +27,8 @@ def healthz() -> JSONResponse:  # sync: FastAPI runs it in its threadpool
         return JSONResponse({"status": "error", "failing": failing, "checks": checks},
                             status_code=503)
     return JSONResponse({"status": "ok", "checks": checks})
+
+
+@router.get("/livez")
+async def livez() -> dict:
+    return {"status": "alive"}
