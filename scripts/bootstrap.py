@@ -9,8 +9,9 @@ Steps (in this order, each needs the one before):
                built from Debian packages with mmdebstrap and `docker import`ed under that name.
   compose      the `docker compose` v2 and buildx CLI plugins, taken from Debian's own trixie
                packages (apt-get download inside the base image) when `docker compose` is missing.
-  wheelhouse   wheelhouse/<image>/ filled on the host from requirements/<image>.lock (exact
-               versions, hashes), so image builds need no network for Python packages.
+  wheelhouse   wheelhouse/<lock>/ filled on the host from requirements/<lock>.lock (exact
+               versions, hashes) for django, fastapi and test (the test tools of the -test
+               images), so image builds need no network for Python packages.
   host-venv    .venv with the host-side test tools from requirements/host.lock.
   browser      headless Chromium (Debian's chromium-headless-shell) for the Flower page test;
                installed with apt when run as root, otherwise that one test is skipped.
@@ -34,7 +35,9 @@ DEFAULT_BASE_IMAGE = "debian:trixie-slim"
 # Label on everything this project builds, so `make clean` removes only ours.
 PROJECT_LABEL = "org.trinity.project=trinity"
 IMAGE_PYTHON = "3.13"  # Debian trixie's python3; locks are resolved for it.
-APP_LOCKS = ("django", "fastapi")
+# Locks whose wheels the image builds install: the two apps, and the test tools of their -test
+# targets (images/python/Dockerfile).
+IMAGE_LOCKS = ("django", "fastapi", "test")
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 # Paths a slim image leaves out (the same idea as the Hub's -slim variants).
 SLIM_DPKG_OPTS = (
@@ -203,7 +206,7 @@ def step_compose(image: str) -> str:
 
 def step_wheelhouse() -> str:
     done = []
-    for name in APP_LOCKS:
+    for name in IMAGE_LOCKS:
         lock = ROOT / "requirements" / f"{name}.lock"
         dest = ROOT / "wheelhouse" / name
         if wheelhouse_is_current(lock, dest):

@@ -289,3 +289,16 @@ def test_the_app_suites_pass_inside_their_images(stack, service):
     code, out = stack.exec(service, ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
     assert code == 0, out[-5000:]
     assert re.search(r"\d+ passed", out), out[-2000:]
+
+
+@pytest.mark.parametrize("service", ["web", "fastapi"])
+def test_the_test_tools_come_after_the_runtime_packages(stack, service):
+    """The -test images append /opt/test-packages to sys.path: a package in both places (here
+    `packaging`) is always the runtime one."""
+    code, out = stack.exec(service, ["python", "-c", "import json, sys, packaging, pytest; "
+                                     "print(json.dumps(sys.path)); print(packaging.__file__)"])
+    assert code == 0, out
+    path, packaging_file = out.splitlines()[-2:]
+    path = json.loads(path)
+    assert path.index("/opt/test-packages") > path.index("/opt/venv/lib/python3.13/site-packages")
+    assert packaging_file.startswith("/opt/venv/"), packaging_file

@@ -102,6 +102,14 @@ def test_every_prod_service_runs_as_non_root(prod):
     assert seen >= 8  # postgres, redis, web, fastapi, three workers: all their processes
 
 
+@pytest.mark.parametrize("service", ["web", "fastapi"])
+def test_the_production_images_carry_no_test_tools(prod, service):
+    """Test tools live only in the -test images that the stack tests build (compose/test.yml)."""
+    code, out = prod.exec(service, ["python", "-c", "import importlib.util as u; print([m for m in "
+                                    "('pytest', 'pytest_django', 'httpx') if u.find_spec(m)])"])
+    assert (code, out.strip()) == (0, "[]"), out
+
+
 def test_redis_refuses_commands_without_its_password(prod):
     code, out = prod.exec("redis", ["redis-cli", "--no-auth-warning", "SET", "k", "v"])
     assert "NOAUTH" in out, out

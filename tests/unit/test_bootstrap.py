@@ -1,4 +1,5 @@
-"""The bootstrap's pure parts: what it runs and how it decides to skip."""
+"""The bootstrap's pure parts (what it runs, how it decides to skip) and the locks it reads."""
+import re
 from pathlib import Path
 
 import bootstrap
@@ -51,3 +52,26 @@ def test_docker_import_gives_the_image_a_path_and_our_label():
 def test_cli_plugins_dir_honours_docker_config():
     assert bootstrap.cli_plugins_dir({"DOCKER_CONFIG": "/d"}) == Path("/d/cli-plugins")
     assert bootstrap.cli_plugins_dir({"HOME": "/h"}) == Path("/h/.docker/cli-plugins")
+
+
+def test_the_wheelhouse_covers_every_lock_an_image_build_installs():
+    dockerfile = (bootstrap.ROOT / "images/python/Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY wheelhouse/([a-z]+)/", dockerfile, re.M))
+    assert copied == set(bootstrap.IMAGE_LOCKS)
+    for name in bootstrap.IMAGE_LOCKS:
+        assert (bootstrap.ROOT / "requirements" / f"{name}.lock").is_file(), name
+
+
+def _pins(name: str) -> dict[str, str]:
+    text = (bootstrap.ROOT / "requirements" / f"{name}.lock").read_text()
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M))
+
+
+def test_the_test_tools_keep_every_runtime_pin():
+    """test.lock is resolved under the runtime locks (scripts/lock): a package in both has one
+    version, and the runtime locks carry no test tool."""
+    test = _pins("test")
+    for image in ("django", "fastapi"):
+        runtime = _pins(image)
+        assert {p: v for p, v in test.items() if p in runtime and runtime[p] != v} == {}, image
+        assert not {"pytest", "pytest-django", "httpx"} & runtime.keys(), image
