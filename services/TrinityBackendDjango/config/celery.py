@@ -7,12 +7,14 @@ import os
 
 from celery import Celery
 
-from config.celery_settings import configure_or_exit
+from config.celery_settings import configure_or_exit, poll_results_only
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("trinity")
 configure_or_exit(app)
+# Views, the shell and commands read results by key (AsyncResult.state), never wait on them.
+poll_results_only(app)
 
 # Check Django's variables now too, so a worker with a bad DATABASE_URL stops at
 # start with one line instead of failing on its first task.

@@ -57,7 +57,11 @@ def _database(name: str) -> dict:
     config["ENGINE"] = "django_tenants.postgresql_backend"
     # Fail in seconds, not minutes, when Postgres is unreachable (health checks, start-up).
     config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
-    config["CONN_HEALTH_CHECKS"] = True  # a restarted Postgres must not break old connections
+    # Keep connections for a minute instead of one per request: connecting and password
+    # auth were most of an enqueue request (bench/RESULTS.md). Health checks on reuse, so a
+    # restarted Postgres does not break the kept ones.
+    config["CONN_MAX_AGE"] = 60
+    config["CONN_HEALTH_CHECKS"] = True
     return config
 
 
@@ -92,6 +96,9 @@ TENANT_APPS = [
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 TENANT_MODEL = "tenants.Client"
 TENANT_DOMAIN_MODEL = "tenants.Domain"
+# SET search_path only when the schema changes, not before every query. Safe here: every
+# request and task selects its schema explicitly (schema_context), which forces a new SET.
+TENANT_LIMIT_SET_CALLS = True
 # No TenantMainMiddleware: requests stay on the public schema and the API names the
 # schema explicitly, so the API answers without Domain rows for every host name.
 

@@ -214,3 +214,16 @@ def test_production_refuses_placeholder_and_dev_secrets(name, value):
     with pytest.raises(SettingsError, match=f"^{name}: holds a placeholder"):
         settings(TRINITY_ENV="production", **{name: value})
     settings(**{name: value})  # outside production the same value is accepted
+
+
+def test_publishers_do_not_subscribe_to_result_channels():
+    """Sending a task must not SUBSCRIBE to its result channel; a .get() subscribes itself."""
+    from celery import Celery
+
+    from config.celery_settings import configure_celery_app, poll_results_only
+
+    app = configure_celery_app(Celery("t"), BASE)
+    poll_results_only(app)
+    app.backend.on_task_call(None, "some-task-id")
+    assert app.backend.result_consumer._pubsub is None  # no pub/sub connection was even made
+    assert not app.backend.result_consumer.subscribed_to

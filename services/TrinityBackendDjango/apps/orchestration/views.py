@@ -11,7 +11,7 @@ from django_tenants.utils import schema_context
 
 from apps.orchestration.models import TaskRun
 from apps.orchestration.schemas import UnknownSchema, check_schema
-from apps.orchestration.services import BrokerUnavailable, enqueue_task_run
+from apps.orchestration.services import BrokerUnavailable, submit_task_run
 from config.celery_settings import UnknownOperation, broker_ping, queue_for_operation
 
 FINAL_CELERY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
@@ -42,16 +42,14 @@ def task_runs(request):
     except (UnknownOperation, UnknownSchema) as exc:
         return _error(400, str(exc))
 
-    with schema_context(schema_name):
-        run = TaskRun.objects.create(operation=operation, payload=body.get("payload"))
     try:
-        task_id, queue = enqueue_task_run(run, schema_name)
+        run, queue = submit_task_run(operation, body.get("payload"), schema_name)
     except BrokerUnavailable as exc:
         # The row stays, as FAILURE with this reason: the attempt is on record.
-        return JsonResponse({"error": str(exc), "id": run.pk}, status=503)
+        return JsonResponse({"error": str(exc), "id": exc.task_run_id}, status=503)
     return JsonResponse(
-        {"id": run.pk, "celery_task_id": task_id, "status": run.status, "queue": queue,
-         "schema": schema_name},
+        {"id": run.pk, "celery_task_id": run.celery_task_id, "status": run.status,
+         "queue": queue, "schema": schema_name},
         status=201,
     )
 
