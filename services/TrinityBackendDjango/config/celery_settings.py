@@ -310,8 +310,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
         # No STARTED write per task (a GET + SETEX + PUBLISH): only the orchestration tasks,
         # which run operations long enough to watch, ask for it (track_started=True).
         "task_track_started": False,
-        # No task events by default: they were a third of a worker's time per short task
-        # (bench/RESULTS.md). Flower switches them on in the workers while it runs
+        # No task events by default: publishing them was about a third of a worker's
+        # consumer loop per short task (bench/RESULTS.md). Flower switches them on in the workers while it runs
         # (its enable_events broadcast); `celery -A config.celery control enable_events`
         # does the same for `celery events`.
         "worker_send_task_events": False,
@@ -348,7 +348,7 @@ def poll_results_only(app) -> None:
 
     Celery's Redis backend SUBSCRIBEs to a task's result channel when the task is sent, in
     case the sender calls ``.get()`` (and UNSUBSCRIBEs when the AsyncResult is collected):
-    two round trips per publish, a third of an enqueue request's time. Our publishers read
+    two round trips per publish that nobody here uses (bench/RESULTS.md). Our publishers read
     results by key (``AsyncResult.state``); a ``.get()`` still works, as it subscribes itself
     and then reads the stored result, so a result published before that is not missed.
     """
