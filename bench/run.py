@@ -664,7 +664,8 @@ def fig_start(table: Table, project: str, ctx):
                                     ("fastapi", "services/TrinityBackendFastAPI/app/main.py")):
                 unchanged = timed([*compose, "build", service], clone, env)[0]
                 with open(clone / edited, "a") as f:
-                    f.write("# one-line edit made by bench/run.py\n")
+                    # unique per run: an edit seen before would be a build-cache hit
+                    f.write(f"# one-line edit made by bench/run.py ({project})\n")
                 rebuilt = timed([*compose, "build", service], clone, env)[0]
                 table.ratio(f"rebuild `{service}` after a one-line edit", rebuilt, "s",
                             "the same build with no change", unchanged, f"edited {edited}",

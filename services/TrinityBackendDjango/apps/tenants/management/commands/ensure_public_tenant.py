@@ -1,6 +1,7 @@
 """Create the public tenant (schema 'public') and its 'localhost' domain if missing.
 
-Idempotent: the web start script runs it after `migrate_schemas --shared` on every start.
+Idempotent: `migrate_all_schemas` (the migrate service) runs it after the migrations, on
+every start.
 """
 
 from django.core.management.base import BaseCommand
