@@ -241,7 +241,9 @@ def machine() -> dict:
     except Exception:
         pass
     rev = sh("git", "rev-parse", "--short", "HEAD")
-    if sh("git", "status", "--porcelain", "--untracked-files=no"):
+    # Its own outputs (RESULTS.md, the PNGs) do not count as a change of what is measured.
+    if sh("git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+          ":!bench/RESULTS.md", ":!bench/*.png"):
         rev += " (+ uncommitted changes)"
     others = other_containers()
     return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
