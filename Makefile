@@ -51,7 +51,7 @@ else
 	.venv/bin/python scripts/validate.py --file $(DEV_FILE)
 endif
 
-bench: bootstrap ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~20 min)
+bench: bootstrap ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~15 min)
 	.venv/bin/python bench/run.py
 
 check-config: bootstrap ## env files, compose anchors and celery_settings.py name the same variables
