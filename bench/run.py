@@ -48,7 +48,7 @@ class Skip(Exception):
 
 # ---- the stack ----------------------------------------------------------------------------------
 sys.path.insert(0, str(ROOT / "tests"))
-from stack import Stack as ComposeProject  # noqa: E402  the compose wrapper of the stack tests
+from stack import Stack as ComposeProject, free_port  # noqa: E402  the stack tests' helpers
 
 
 class Stack(ComposeProject):
@@ -680,14 +680,6 @@ def fig_start(table: Table, project: str, ctx):
 def sh_in(cwd: Path, env: dict, *cmd: str) -> str:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           check=True, timeout=60).stdout
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_results(path: Path, info: dict, table: Table, tuning: Table, ctx: dict, png):

@@ -6,6 +6,7 @@ touches an operator's dev stack, and `down -v` at the end whatever happened.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -127,3 +128,10 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, describe=lambda: 
         if time.monotonic() > deadline:
             raise StackError(f"condition not met within {timeout:.0f}s\n{describe()}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (for a stack's published ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -6,7 +6,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from stack import ROOT, Stack, StackError, wait_for
+from stack import ROOT, Stack, StackError, free_port, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -22,12 +21,6 @@ PROD_FILE = "docker-compose.example.yml"
 WORKERS = ["celery", "celery-cpu", "celery-io"]
 REQUIRED = ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS"]
 SCAN_INTERVAL = 2  # seconds between beat's periodic job, shortened for the tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prod_env(tmp: Path, drop: str | None = None, **override: str) -> Path:
