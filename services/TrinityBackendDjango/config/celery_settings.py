@@ -311,9 +311,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
         # which run operations long enough to watch, ask for it (track_started=True).
         "task_track_started": False,
         # No task events by default: publishing them was about a third of a worker's
-        # consumer loop per short task (bench/RESULTS.md). Flower switches them on in the workers while it runs
-        # (its enable_events broadcast); `celery -A config.celery control enable_events`
-        # does the same for `celery events`.
+        # consumer loop per short task (bench/RESULTS.md). Flower switches them on in the
+        # workers while it runs (its enable_events broadcast); `celery -A config.celery
+        # control enable_events` does the same for `celery events`.
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         # Beat: RedBeat keeps the schedule and a lock in Redis: no pidfile/schedule file in

@@ -25,48 +25,24 @@ class BrokerUnavailable(RuntimeError):
 def submit_task_run(operation: str, payload, schema_name: str = "public") -> tuple[TaskRun, str]:
     """Record a new TaskRun, already QUEUED under its Celery task id, and publish it.
 
-    One INSERT and one publish per call (the enqueue endpoint's whole cost). Raises
-    BrokerUnavailable as :func:`enqueue_task_run` does, with the row kept as FAILURE.
+    One INSERT and one publish per call. The row is committed before publishing, so a fast
+    worker always finds it. If the broker refuses, the row is kept as FAILURE with the reason
+    (an audit trail of what was asked) and BrokerUnavailable is raised.
     """
     queue = queue_for_operation(operation)
     task_id = uuid()
     with schema_context(schema_name):
         task_run = TaskRun.objects.create(operation=operation, payload=payload,
                                           status=TaskRun.Status.QUEUED, celery_task_id=task_id)
-        _publish(task_run, schema_name, task_id, queue)
+        try:
+            execute_task.apply_async(args=[task_run.pk, schema_name], task_id=task_id,
+                                     queue=queue)
+        except Exception as exc:  # kombu OperationalError, redis errors, OSError...
+            reason = "broker unavailable: " + broker_error_reason(exc)
+            logger.error("TaskRun %s in %s not queued: %s", task_run.pk, schema_name, reason)
+            now = timezone.now()
+            TaskRun.objects.filter(pk=task_run.pk).update(
+                status=TaskRun.Status.FAILURE, error=reason, finished_at=now, updated_at=now
+            )
+            raise BrokerUnavailable(reason, task_run.pk) from exc
     return task_run, queue
-
-
-def enqueue_task_run(task_run: TaskRun, schema_name: str = "public") -> tuple[str, str]:
-    """Send execute_task for an existing ``task_run`` to its operation's queue; return
-    (task_id, queue).
-
-    The row is marked QUEUED with its task id *before* publishing, so a fast worker
-    never finds a stale row. If the broker refuses, the row is kept as FAILURE with
-    the reason (an audit trail of what was asked) and BrokerUnavailable is raised.
-    """
-    queue = queue_for_operation(task_run.operation)
-    task_id = uuid()
-    with schema_context(schema_name):
-        TaskRun.objects.filter(pk=task_run.pk).update(
-            status=TaskRun.Status.QUEUED, celery_task_id=task_id, updated_at=timezone.now()
-        )
-        task_run.status, task_run.celery_task_id = TaskRun.Status.QUEUED, task_id
-        _publish(task_run, schema_name, task_id, queue)
-    return task_id, queue
-
-
-def _publish(task_run: TaskRun, schema_name: str, task_id: str, queue: str) -> None:
-    """Publish execute_task for a QUEUED row (inside its schema_context); on a broker
-    error mark the row FAILURE with the reason and raise BrokerUnavailable."""
-    try:
-        execute_task.apply_async(args=[task_run.pk, schema_name], task_id=task_id, queue=queue)
-    except Exception as exc:  # kombu OperationalError, redis errors, OSError...
-        reason = "broker unavailable: " + broker_error_reason(exc)
-        logger.error("TaskRun %s in %s not queued: %s", task_run.pk, schema_name, reason)
-        now = timezone.now()
-        TaskRun.objects.filter(pk=task_run.pk).update(
-            status=TaskRun.Status.FAILURE, error=reason, finished_at=now, updated_at=now
-        )
-        task_run.status, task_run.error, task_run.finished_at = TaskRun.Status.FAILURE, reason, now
-        raise BrokerUnavailable(reason, task_run.pk) from exc
