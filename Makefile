@@ -11,11 +11,15 @@ STACK     ?= dev
 PYTEST    := .venv/bin/pytest
 # Everything this project builds carries this label; `make clean` removes only that.
 LABEL     := org.trinity.project=trinity
+# The base of every image, as the bootstrap chose it (the official debian:trixie-slim where a
+# registry answers, else its own trinity/base:trixie). Read when a recipe runs, so it is there
+# right after the bootstrap step; a BASE_IMAGE in the environment wins.
+export BASE_IMAGE ?= $(shell cat .base-image 2>/dev/null)
 
-.PHONY: help bootstrap build dev-up dev-down prod-up prod-down validate check-config bench status beat logs test test-unit clean lock
+.PHONY: help bootstrap bootstrap-prod build dev-up dev-down prod-up prod-secrets prod-down validate check-config bench status beat logs test test-unit clean lock
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 bootstrap: ## install what is missing: base image, docker compose v2, wheelhouse, test venv
 	@scripts/bootstrap
@@ -38,8 +42,16 @@ build: bootstrap $(DEV_FILE) .env ## build every image of the dev stack
 dev-up: build ## bring the dev stack up, wait until healthy, show what runs where
 	@scripts/dev-up
 
-prod-up: bootstrap $(PROD_FILE) ## production stack: refuse placeholder secrets, build, up, wait healthy
-	@PROD_ENV=$(PROD_ENV) scripts/prod-up
+# A prerequisite, not a recipe line of prod-up: make computes a target's environment once, so
+# the BASE_IMAGE that the bootstrap writes to .base-image reaches prod-up's recipe only this way.
+bootstrap-prod: ## only what a production host needs: base image, docker compose v2, the apps' wheelhouse
+	@scripts/bootstrap --production
+
+prod-up: bootstrap-prod $(PROD_FILE) ## production stack: refuse placeholder secrets, build, up, wait healthy
+	@PROD_FILE=$(PROD_FILE) PROD_ENV=$(PROD_ENV) scripts/prod-up
+
+prod-secrets: $(PROD_FILE) ## create the missing production secrets (random, as files in SECRETS_DIR)
+	python3 scripts/prod_secrets.py create --file $(PROD_FILE) --env-file $(PROD_ENV)
 
 prod-down: ## stop the production stack (keeps its volumes)
 	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down
@@ -87,4 +99,4 @@ clean: ## remove this project's containers, volumes, networks and images (by lab
 	-docker network ls -q --filter label=$(LABEL) | xargs -r docker network rm
 	-docker images -q --filter label=$(LABEL) | sort -u | xargs -r docker rmi -f
 	find wheelhouse -mindepth 2 ! -name .keep -delete
-	rm -rf .venv
+	rm -rf .venv .base-image

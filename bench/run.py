@@ -34,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 FILES = ["docker-compose-dev.example.yml", "compose/bench.yml"]
 ENV_FILE = "envs/dev.env"
-SERVICES = ["postgres", "redis", "migrate", "web", "fastapi", "celery"]
+SERVICES = ["postgres", "redis", "migrate", "web", "fastapi", "celery", "proxy"]
 NOTES_MARKER = "<!-- notes below this line are kept when run.py rewrites the file -->"
 
 
@@ -48,7 +48,7 @@ class Skip(Exception):
 
 # ---- the stack ----------------------------------------------------------------------------------
 sys.path.insert(0, str(ROOT / "tests"))
-from stack import Stack as ComposeProject, free_port  # noqa: E402  the stack tests' helpers
+from stack import Stack as ComposeProject, base_image, free_port  # noqa: E402  the tests' helpers
 
 
 class Stack(ComposeProject):
@@ -63,6 +63,15 @@ class Stack(ComposeProject):
 
     def port(self, service: str, port: int) -> str:
         return self.compose("port", service, str(port)).stdout.strip()
+
+    def api_token(self, label: str) -> str:
+        """A token of the public tenant, made the operator's way (the last line printed)."""
+        out = self.compose("exec", "-T", "web", "python", "manage.py", "create_api_token",
+                           "--tenant", "public", "--name", label, timeout=120).stdout
+        lines = out.strip().splitlines()
+        if not lines or not lines[-1].startswith("trn_"):
+            raise RuntimeError(f"create_api_token printed no token:\n{out}")
+        return lines[-1].strip()
 
     def inner(self, figure: str, *args: str, env: dict | None = None, name: str | None = None,
               on_start=None, timeout=1800) -> dict:
@@ -137,13 +146,18 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
-def wrk(url: str, seconds: int, connections: int, body: str | None = None) -> dict:
+def wrk(url: str, seconds: int, connections: int, body: str | None = None,
+        headers: dict | None = None) -> dict:
+    """wrk -t2 against url (http:// or https://: wrk speaks TLS, HTTP/1.1 keep-alive, and does not
+    check the certificate). With a body: POST it as JSON. headers: added to every request."""
     wrk_bin = ensure_wrk()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         if body is not None:
             f.write('wrk.method = "POST"\n'
                     f"wrk.body = {json.dumps(body)}\n"
                     'wrk.headers["Content-Type"] = "application/json"\n')
+        for k, v in (headers or {}).items():  # JSON strings of ASCII are Lua string literals
+            f.write(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n")
         script = f.name
     try:
         p = subprocess.run([wrk_bin, "-t", "2", "-c", str(connections), "-d", f"{seconds}s",
@@ -158,9 +172,122 @@ def wrk(url: str, seconds: int, connections: int, body: str | None = None) -> di
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:(.*)", out)
     p50 = re.search(r"\s50%\s+([\d.]+\w+)", out)
-    return {"rps": float(m.group(1)), "non2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(1).strip() if errors else "", "p50": p50.group(1)
-            if p50 else "?"}
+    total = re.search(r"(\d+) requests in", out)
+    r = {"rps": float(m.group(1)), "non2xx": int(bad.group(1)) if bad else 0,
+         "socket_errors": errors.group(1).strip() if errors else "", "p50": p50.group(1)
+         if p50 else "?", "requests": int(total.group(1)) if total else 0}
+    # A figure of error answers (401 without a valid token, 429 from the proxy's limiter) would
+    # look fast and mean nothing: more than 1 % of them fails the figure.
+    if r["non2xx"] > 0.01 * max(r["requests"], 1):
+        raise RuntimeError(f"wrk {url}: {r['non2xx']} of {r['requests']} answers were not "
+                           f"2xx/3xx:\n{out}")
+    return r
+
+
+def probe(url: str, body: str | None = None, headers: dict | None = None,
+          expect: int = 200) -> None:
+    """One request before a wrk run: fail the figure at once, with the answer, when the endpoint
+    does not answer as expected (wrong token, proxy route, ...)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, data=body.encode() if body is not None else None,
+                                 headers={**({"Content-Type": "application/json"} if body
+                                             is not None else {}), **(headers or {})})
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the proxy's self-signed cert
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx)).open(
+                req, timeout=30) as resp:
+            code, text = resp.status, resp.read(500).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        code, text = exc.code, exc.read(500).decode(errors="replace")
+    if code != expect:
+        raise RuntimeError(f"{'POST' if body is not None else 'GET'} {url}: {code} "
+                           f"(expected {expect}): {text}")
+
+
+# ---- CPU per request ------------------------------------------------------------------------------
+# On 2 shared cores a req/s ratio moves with whatever else runs; the CPU that each part of the
+# path spends per request does not (much): cgroup CPU of each container, wrk's own CPU, and the
+# docker-proxy processes of the published ports used, read before and after one wrk run.
+def cgroup_cpu_ns(container_id: str) -> int | None:
+    for path in (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage",  # v1, cgroupfs
+                 f"/sys/fs/cgroup/cpu,cpuacct/docker/{container_id}/cpuacct.usage",
+                 f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat",  # v2
+                 f"/sys/fs/cgroup/docker/{container_id}/cpu.stat"):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):
+            m = re.search(r"^usage_usec (\d+)", text, re.M)
+            return int(m.group(1)) * 1000 if m else None
+        return int(text.strip())
+    return None
+
+
+def proc_cpu_ns(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return (int(fields[11]) + int(fields[12])) * 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_ns() -> int:
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return int((ru.ru_utime + ru.ru_stime) * 1e9)
+
+
+class CpuMeter:
+    """CPU nanoseconds of the stack's containers, of this process's children (wrk, while it runs)
+    and of the docker-proxy processes that forward the given host ports; dockerd apart (it is
+    shared with every other stack on the machine: its figure is only indicative)."""
+
+    def __init__(self, stack: "Stack", services: list[str], host_ports: list[str]):
+        self.ids = {svc: stack.container(svc).id for svc in services}
+        ports = {hp.rsplit(":", 1)[-1] for hp in host_ports}
+        self.proxies = []
+        for pid in (int(x) for x in sh("pgrep", "-x", "docker-proxy").split()):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"-host-port" in argv and argv[argv.index(b"-host-port") + 1].decode() in ports:
+                self.proxies.append(pid)
+        self.dockerd = [int(x) for x in sh("pgrep", "-x", "dockerd").split()]
+        self.ok = all(cgroup_cpu_ns(i) is not None for i in self.ids.values())
+
+    def snap(self) -> dict:
+        out = {svc: cgroup_cpu_ns(i) or 0 for svc, i in self.ids.items()}
+        out["wrk"] = children_cpu_ns()
+        out["docker-proxy"] = sum(proc_cpu_ns(p) for p in self.proxies)
+        out["dockerd"] = sum(proc_cpu_ns(p) for p in self.dockerd)
+        return out
+
+    def run(self, func, *args, **kwargs) -> dict:
+        """func(...) -> a wrk result; adds cpu_us: CPU microseconds per request of each part,
+        and "total" (everything but dockerd)."""
+        before = self.snap()
+        r = func(*args, **kwargs)
+        after = self.snap()
+        n = max(r["requests"], 1)
+        if self.ok:
+            cpu = {k: (after[k] - before[k]) / 1e3 / n for k in before}
+            cpu["total"] = sum(v for k, v in cpu.items() if k != "dockerd")
+            r["cpu_us"] = cpu
+        return r
+
+
+def cpu_note(r: dict, parts: list[str]) -> str:
+    cpu = r.get("cpu_us")
+    if not cpu:
+        return "no cgroup CPU figures here"
+    return ", ".join(f"{k} {cpu[k]:,.0f}" for k in parts + ["wrk", "docker-proxy"]
+                     if k in cpu) + f" us/req (dockerd {cpu['dockerd']:,.0f}, shared)"
 
 
 # ---- PNG (stdlib only: zlib + struct) ------------------------------------------------------------
@@ -406,12 +533,14 @@ def fig_footprint_idle(table: Table, stack: Stack, ctx):
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     ctx["bare_python_mib"] = bare
-    for svc in ("web", "fastapi", "celery", "postgres", "redis"):
+    for svc in ("web", "fastapi", "celery", "postgres", "redis", "proxy"):
         v = mem_mib(stack.container(svc).id)
         if v is None:
             table.skip(f"idle memory: {svc}", "docker stats gave nothing")
-        elif svc in ("postgres", "redis"):
-            table.add(f"idle memory: {svc}", f"{v:.1f} MiB", note="no Python baseline")
+        elif svc in ("postgres", "redis", "proxy"):
+            table.add(f"idle memory: {svc}", f"{v:.1f} MiB",
+                      note="no Python baseline" + ("; nginx, master + worker_processes auto"
+                                                   if svc == "proxy" else ""))
         else:
             note = {"web": "gunicorn, 2 workers x 4 threads (+ master)",
                     "fastapi": "gunicorn, 2 uvicorn workers (+ master)",
@@ -496,14 +625,36 @@ def fig_latency(table: Table, stack: Stack, ctx):
 def fig_http(table: Table, stack: Stack, ctx, seconds, conns):
     """POST enqueue vs GET /healthz and vs GET /livez of the same production server (gunicorn,
     compose/bench.yml). /healthz makes one round trip to each dependency (Django: SELECT 1 and
-    a PING; FastAPI: a PING), /livez none: what an enqueue adds to a request, two ways."""
+    a PING; FastAPI: a PING), /livez none: what an enqueue adds to a request, two ways.
+
+    Then the same POST through the proxy (HTTPS on its 8443, HTTP/1.1 keep-alive from wrk, the
+    same token) as a ratio to the direct path: direct, proxied, direct again, the baseline is
+    the mean of the two direct runs (the drift of a shared 2-core box shows as their gap).
+    GET /livez through the proxy vs direct is what the proxy costs a request with no app work."""
     ensure_wrk()
-    for svc, port, path, code in (("fastapi", 8001, "/tasks", "202"),
-                                  ("web", 8000, "/api/task-runs/", "201")):
-        base = "http://" + stack.port(svc, port)
+    token = ctx.get("token") or stack.api_token(f"bench-{stack.project}")
+    ctx["token"] = token
+    auth = {"Authorization": f"Bearer {token}"}
+    body = '{"operation": "noop", "payload": null}'
+    edge = "https://" + stack.port("proxy", 8443)
+    ctx["http"] = {}
+    for svc, port, path, prefix, code in (("fastapi", 8001, "/tasks", "/gateway", "202"),
+                                          ("web", 8000, "/api/task-runs/", "", "201")):
+        host_port = stack.port(svc, port)
+        base = "http://" + host_port
+        probe(base + path, body, auth, int(code))
+        probe(edge + prefix + path, body, auth, int(code))
+        probe(edge + prefix + "/livez")
+        meter = CpuMeter(stack, [svc, "proxy", "postgres", "redis"],
+                         [host_port, stack.port("proxy", 8443)])
         live = wrk(base + "/livez", seconds, conns)
         health = wrk(base + "/healthz", seconds, conns)
-        e = wrk(base + path, seconds, conns, body='{"operation": "noop", "payload": null}')
+        e = meter.run(wrk, base + path, seconds, conns, body=body, headers=auth)
+        pe = meter.run(wrk, edge + prefix + path, seconds, conns, body=body, headers=auth)
+        e2 = meter.run(wrk, base + path, seconds, conns, body=body, headers=auth)
+        plive = meter.run(wrk, edge + prefix + "/livez", seconds, conns)
+        ctx["http"][svc] = {"live": live, "health": health, "direct": e, "proxy": pe,
+                            "direct_after": e2, "proxy_live": plive}
         bad = ""
         if e["non2xx"] or live["non2xx"] or health["non2xx"]:
             bad = (f"; NON-2xx: {e['non2xx']} enqueue, {live['non2xx']} livez, "
@@ -515,6 +666,34 @@ def fig_http(table: Table, stack: Stack, ctx, seconds, conns):
                     f"one round trip to each dependency; target >= 0.60x{bad}")
         table.ratio(f"HTTP {name}, -c{conns}", e["rps"], "req/s", "same server GET /livez",
                     live["rps"], f"p50 {e['p50']} vs {live['p50']}; /livez does no work at all")
+        direct = (e["rps"] + e2["rps"]) / 2
+        pbad = f"; NON-2xx: {pe['non2xx']}" if pe["non2xx"] else ""
+        table.ratio(f"HTTP via proxy {edge_name(svc, prefix + path)}, -c{conns}", pe["rps"],
+                    "req/s", "same endpoint direct (plain HTTP)", direct,
+                    f"{code}; HTTPS, HTTP/1.1 keep-alive, token; p50 {pe['p50']} vs "
+                    f"{e['p50']}/{e2['p50']}; direct before/after {e['rps']:,.0f}/"
+                    f"{e2['rps']:,.0f} req/s; target >= 0.80x{pbad}")
+        if "cpu_us" in pe and "cpu_us" in e and "cpu_us" in e2:
+            d_cpu = (e["cpu_us"]["total"] + e2["cpu_us"]["total"]) / 2
+            table.ratio(f"CPU per request via proxy {edge_name(svc, prefix + path)}",
+                            pe["cpu_us"]["total"], "us", "same endpoint direct", d_cpu,
+                            f"1/ratio = {d_cpu / pe['cpu_us']['total']:.2f}x, the req/s ratio "
+                            f"on saturated cores; via proxy: {cpu_note(pe, [svc, 'proxy', 'postgres', 'redis'])}"
+                            f"; direct: {cpu_note(e2, [svc, 'postgres', 'redis'])}",
+                            fmt="{:,.0f}")
+        table.ratio(f"HTTP via proxy {edge_name(svc, prefix + '/livez')}, -c{conns}",
+                    plive["rps"], "req/s", "same server GET /livez direct", live["rps"],
+                    f"p50 {plive['p50']} vs {live['p50']}; the proxy's cost with no app work; "
+                    f"CPU: {cpu_note(plive, [svc, 'proxy'])}")
+    nginx = wrk(edge + "/proxy-healthz", seconds, conns)
+    table.add(f"HTTP proxy GET /proxy-healthz (nginx alone, HTTPS), -c{conns}",
+              f"{nginx['rps']:,.0f} req/s", note=f"p50 {nginx['p50']}; answered by nginx "
+              "itself: the ceiling of TLS + HTTP on this box")
+
+
+def edge_name(svc: str, path: str) -> str:
+    server = "FastAPI" if svc == "fastapi" else "Django"
+    return f"(HTTPS) {server} {'POST' if 'livez' not in path else 'GET'} {path}"
 
 
 def fig_images(table: Table, stack: Stack, ctx):
@@ -524,12 +703,15 @@ def fig_images(table: Table, stack: Stack, ctx):
         if p.returncode:
             raise Skip(f"image {img} not found")
         return int(p.stdout.strip()) / 1e6
-    base = size("debian:trixie-slim")
+    # The base the images were built on (what compose got: the shell's BASE_IMAGE, else the
+    # bootstrap's choice, else the templates' default).
+    base_name = os.environ.get("BASE_IMAGE") or base_image() or "debian:trixie-slim"
+    base = size(base_name)
     for img in ("trinity/django:dev", "trinity/fastapi:dev", "trinity/postgres:dev",
-                "trinity/redis:dev"):
+                "trinity/redis:dev", "trinity/proxy:dev"):
         s = size(img)
         target = "; target <= base + 90 MB" if "django" in img or "fastapi" in img else ""
-        table.ratio(f"image {img}", s, "MB", "debian:trixie-slim", base,
+        table.ratio(f"image {img}", s, "MB", base_name, base,
                     f"base + {s - base:.0f} MB{target}", fmt="{:,.0f}")
 
 
@@ -707,8 +889,9 @@ def write_results(path: Path, info: dict, table: Table, tuning: Table, ctx: dict
         f"- docker {info['docker']}, compose {info['compose']}",
         f"- git revision: {info['git']}",
         f"- N = {ctx['n']:,} no-ops per drain/enqueue figure, {ctx['rounds']:,} latency samples; "
-        "dev template + compose/bench.yml (web and fastapi on their production servers), "
-        "Redis 8 with AOF everysec",
+        "dev template + compose/bench.yml (web and fastapi on their production servers, the "
+        "nginx proxy in front of both), Redis 8 with AOF everysec; HTTP enqueues carry an API "
+        "token (`create_api_token --tenant public`)",
         contention,
         "Every ratio divides a figure by a baseline measured in the same run on the same "
         "containers (baseline value in the next column). `bench.noop` is a pure no-op task "

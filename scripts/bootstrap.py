@@ -5,8 +5,11 @@ Idempotent: every step first checks whether its result is already there and skip
 Each step prints its name and how long it took, because the first run takes minutes.
 
 Steps (in this order, each needs the one before):
-  base-image   BASE_IMAGE (default debian:trixie-slim): pulled where a registry answers, otherwise
-               built from Debian packages with mmdebstrap and `docker import`ed under that name.
+  base-image   the base of every image. Where a registry answers: Docker's official
+               debian:trixie-slim. Where none does: trinity/base:trixie, the same minbase trixie
+               (no python3, no CA certificates) built from Debian packages with mmdebstrap and
+               `docker import`ed under our own name, never an official one. The choice is written
+               to .base-image, which the Makefile exports as BASE_IMAGE.
   compose      the `docker compose` v2 and buildx CLI plugins, taken from Debian's own trixie
                packages (apt-get download inside the base image) when `docker compose` is missing.
   wheelhouse   wheelhouse/<lock>/ filled on the host from requirements/<lock>.lock (exact
@@ -15,6 +18,10 @@ Steps (in this order, each needs the one before):
   host-venv    .venv with the host-side test tools from requirements/host.lock.
   browser      headless Chromium (Debian's chromium-headless-shell) for the Flower page test;
                installed with apt when run as root, otherwise that one test is skipped.
+
+`bootstrap --production` (what `make prod-up` runs) does only what a production host needs to
+build and run the stack: base-image, compose, and the wheelhouse of the app locks (django,
+fastapi). No test tools, no host venv, no browser.
 
 Standard library only: it runs before anything else is installed.
 """
@@ -31,14 +38,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BASE_IMAGE = "debian:trixie-slim"
+OFFICIAL_BASE_IMAGE = "debian:trixie-slim"
+# Our own name for the base we build: importing it under the official name would change what
+# every other project on this engine gets as debian:trixie-slim.
+LOCAL_BASE_IMAGE = "trinity/base:trixie"
+BASE_IMAGE_FILE = ROOT / ".base-image"
 # Label on everything this project builds, so `make clean` removes only ours.
 PROJECT_LABEL = "org.trinity.project=trinity"
 IMAGE_PYTHON = "3.13"  # Debian trixie's python3; locks are resolved for it.
 # Locks whose wheels the image builds install: the two apps, and the test tools of their -test
-# targets (images/python/Dockerfile).
-IMAGE_LOCKS = ("django", "fastapi", "test")
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# targets (images/python/Dockerfile). Production builds only the apps' targets.
+APP_LOCKS = ("django", "fastapi")
+IMAGE_LOCKS = APP_LOCKS + ("test",)
+# The steps of a development/test machine, and the subset a production host needs.
+ALL_STEPS = ("base-image", "compose", "wheelhouse", "host-venv", "browser")
+PRODUCTION_STEPS = ("base-image", "compose", "wheelhouse")
 # Paths a slim image leaves out (the same idea as the Hub's -slim variants).
 SLIM_DPKG_OPTS = (
     "path-exclude=/usr/share/man/*",
@@ -110,21 +124,30 @@ def pip_download_command(python: str, lock: Path, dest: Path) -> list[str]:
             "--require-hashes", "-r", str(lock), "-d", str(dest)]
 
 
-def mmdebstrap_command(suite: str, packages: tuple[str, ...], apt_opts: list[str]) -> list[str]:
-    """A trixie rootfs as a tar on stdout: Priority required (as the Hub's debian images) plus
-    `packages`, slim, nothing of the host kept."""
-    cmd = ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", "--skip=output/dev",
-           "--include=" + ",".join(packages)]
+def plan(production: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(steps, wheelhouse locks) of a run: everything, or only what production needs."""
+    return (PRODUCTION_STEPS, APP_LOCKS) if production else (ALL_STEPS, IMAGE_LOCKS)
+
+
+def mmdebstrap_command(suite: str, apt_opts: list[str]) -> list[str]:
+    """A minbase trixie rootfs as a tar on stdout, like Docker's official debian:trixie-slim:
+    Priority required only (no python3, no CA certificates: each Dockerfile installs what it
+    needs), slim, nothing of the host kept.
+
+    `apt_opts` hold for this build only: mmdebstrap writes them to 99mmdebstrap in the rootfs,
+    which a hook removes, so no build-time switch reaches an image.
+    """
+    cmd = ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", "--skip=output/dev"]
     cmd += [f"--aptopt={opt}" for opt in apt_opts]
     cmd += [f"--dpkgopt={opt}" for opt in SLIM_DPKG_OPTS]
     # The chroot got the host's resolv.conf and hostname for the build; Docker supplies its own.
-    # The apt cache and lists are cleaned as in the Hub's images (docker-clean does it on
-    # every later apt run too).
     # mmdebstrap's own apt cleanup leaves pkgcache.bin/srcpkgcache.bin (85 MB) behind: skip it
-    # and empty the apt lists and caches here, as the Hub's images do.
+    # and empty the apt lists and caches here, and add the docker-clean snippet of the Hub's
+    # images so that every later apt run in a Dockerfile cleans up after itself too.
     cmd += ["--skip=cleanup/apt",
             "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
-            "--customize-hook=rm -f \"$1/etc/resolv.conf\" \"$1/etc/hostname\"",
+            "--customize-hook=rm -f \"$1/etc/resolv.conf\" \"$1/etc/hostname\" "
+            "\"$1/etc/apt/apt.conf.d/99mmdebstrap\"",
             "--customize-hook=printf '%s\\n' "
             "'DPkg::Post-Invoke { \"rm -f /var/cache/apt/archives/*.deb "
             "/var/cache/apt/*.bin || true\"; };' "
@@ -158,21 +181,38 @@ def image_exists(image: str) -> bool:
     return succeeds(["docker", "image", "inspect", image], timeout=30)
 
 
+def choose_base_image(requested: str | None) -> str:
+    """The base to use: BASE_IMAGE if the operator set it; else the official image where it is
+    present or can be pulled; else our own build (built by step_base_image)."""
+    if requested:
+        return requested
+    chosen = BASE_IMAGE_FILE.read_text().strip() if BASE_IMAGE_FILE.is_file() else ""
+    if chosen and image_exists(chosen):
+        return chosen
+    if image_exists(OFFICIAL_BASE_IMAGE) or succeeds(["docker", "pull", "-q", OFFICIAL_BASE_IMAGE],
+                                                     timeout=120):
+        return OFFICIAL_BASE_IMAGE
+    return LOCAL_BASE_IMAGE
+
+
 def step_base_image(image: str) -> str:
+    BASE_IMAGE_FILE.write_text(image + "\n")
     if image_exists(image):
-        return f"{image} present"
-    if succeeds(["docker", "pull", image], timeout=120):
-        return f"{image} pulled"
-    log(f"{image} cannot be pulled (no registry?): building it from Debian packages")
+        return f"{image} present (written to {BASE_IMAGE_FILE.name})"
+    if image != LOCAL_BASE_IMAGE:
+        if succeeds(["docker", "pull", "-q", image], timeout=300):
+            return f"{image} pulled"
+        raise StepFailed(f"BASE_IMAGE={image} is not on this engine and cannot be pulled")
+    log(f"no registry answers: building {image} from Debian's trixie packages")
     if shutil.which("mmdebstrap") is None:
         env = clean_env(dict(os.environ))
         run(["apt-get", "update", "-qq"], env=env)
-        run(["apt-get", "install", "-y", "-qq", "mmdebstrap"], env=env)
-    # Validity switch only: a snapshot mirror's Release files may be past Valid-Until. mmdebstrap
-    # keeps every --aptopt in the image, so pass nothing host-specific here.
+        run(["apt-get", "install", "-y", "-qq", "mmdebstrap"], env=env, capture=True)
+    # Validity switch for this build only (a snapshot mirror's Release files may be past
+    # Valid-Until); the image does not keep it (see mmdebstrap_command).
     apt_opts = ['Acquire::Check-Valid-Until "false"']
     env = clean_env(dict(os.environ))
-    build = subprocess.Popen(mmdebstrap_command("trixie", BASE_PACKAGES, apt_opts),
+    build = subprocess.Popen(mmdebstrap_command("trixie", apt_opts),
                              stdout=subprocess.PIPE, env=env)
     imported = subprocess.run(docker_import_command(image), stdin=build.stdout,
                               stdout=subprocess.DEVNULL)
@@ -181,7 +221,7 @@ def step_base_image(image: str) -> str:
         raise StepFailed(f"building {image} with mmdebstrap failed "
                          f"(mmdebstrap exit {build.returncode}, docker import exit "
                          f"{imported.returncode})")
-    return f"{image} built from Debian trixie packages"
+    return f"{image} built from Debian trixie packages (written to {BASE_IMAGE_FILE.name})"
 
 
 def step_compose(image: str) -> str:
@@ -204,9 +244,9 @@ def step_compose(image: str) -> str:
     return f"docker compose {version} installed into {dest} from Debian's packages"
 
 
-def step_wheelhouse() -> str:
+def step_wheelhouse(locks: tuple[str, ...]) -> str:
     done = []
-    for name in IMAGE_LOCKS:
+    for name in locks:
         lock = ROOT / "requirements" / f"{name}.lock"
         dest = ROOT / "wheelhouse" / name
         if wheelhouse_is_current(lock, dest):
@@ -249,21 +289,28 @@ def step_browser() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("steps", nargs="*", default=["base-image", "compose", "wheelhouse",
-                                                     "host-venv", "browser"])
+    parser.add_argument("steps", nargs="*", help=f"steps to run (default: all: "
+                                                  f"{', '.join(ALL_STEPS)})")
+    parser.add_argument("--production", action="store_true",
+                        help=f"only what a production host needs: {', '.join(PRODUCTION_STEPS)} "
+                             f"(wheelhouse of {', '.join(APP_LOCKS)} only)")
     args = parser.parse_args(argv)
+    default_steps, locks = plan(args.production)
+    if args.production and args.steps:
+        parser.error("--production runs its own steps; give no step names with it")
+    for name in args.steps:
+        if name not in ALL_STEPS:
+            parser.error(f"unknown step {name!r}; known: {', '.join(ALL_STEPS)}")
     if not succeeds(["docker", "info"], timeout=30):
         print("bootstrap: the Docker Engine does not answer (`docker info` failed): start it "
               "first", file=sys.stderr)
         return 1
-    image = os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    image = choose_base_image(os.environ.get("BASE_IMAGE"))
     steps = {"base-image": lambda: step_base_image(image), "compose": lambda: step_compose(image),
-             "wheelhouse": step_wheelhouse, "host-venv": step_host_venv,
+             "wheelhouse": lambda: step_wheelhouse(locks), "host-venv": step_host_venv,
              "browser": step_browser}
     total = time.monotonic()
-    for name in args.steps:
-        if name not in steps:
-            parser.error(f"unknown step {name!r}; known: {', '.join(steps)}")
+    for name in args.steps or default_steps:
         started = time.monotonic()
         try:
             outcome = steps[name]()

@@ -42,6 +42,7 @@ class Stack:
     def compose(self, *args: str, check: bool = True, timeout: float = 600,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         full_env = {**os.environ, **self.env, **(env or {})}
+        full_env.setdefault("BASE_IMAGE", base_image())
         proc = subprocess.run(self.compose_cmd(*args), cwd=ROOT, env=full_env, text=True,
                               capture_output=True, timeout=timeout)
         if check and proc.returncode != 0:
@@ -116,6 +117,12 @@ class Stack:
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+
+
+def base_image() -> str:
+    """The base the bootstrap chose (the Makefile exports it; a bare `pytest` reads it here)."""
+    chosen = ROOT / ".base-image"
+    return chosen.read_text().strip() if chosen.is_file() else ""
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, describe=lambda: ""):

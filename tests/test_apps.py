@@ -10,7 +10,7 @@ import uuid
 import pytest
 import requests
 
-from stack import wait_for
+from stack import ROOT, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -88,14 +88,24 @@ def test_task_enqueued_from_the_django_shell_reaches_success(stack):
     assert row["celery_task_id"] == task_id
 
 
-def test_task_enqueued_over_fastapi_runs_in_the_same_workers(stack):
-    response = requests.post(url(stack, "fastapi", 8001, "/tasks"),
+@pytest.fixture(scope="module")
+def auth(stack) -> dict:
+    """The header of a new API token of the public tenant, made the operator's way."""
+    code, out = stack.exec("web", ["python", "manage.py", "create_api_token", "--tenant",
+                                   "public", "--name", f"test-apps-{uuid.uuid4().hex[:6]}"])
+    assert code == 0, out
+    return {"Authorization": f"Bearer {out.strip().splitlines()[-1]}"}
+
+
+def test_task_enqueued_over_fastapi_runs_in_the_same_workers(stack, auth):
+    response = requests.post(url(stack, "fastapi", 8001, "/tasks"), headers=auth,
                              json={"operation": "echo", "payload": [1, 2, 3]}, timeout=10)
     assert response.status_code == 202, response.text
     task_id = response.json()["task_id"]
 
     def done():
-        state = requests.get(url(stack, "fastapi", 8001, f"/tasks/{task_id}"), timeout=10).json()
+        state = requests.get(url(stack, "fastapi", 8001, f"/tasks/{task_id}"), headers=auth,
+                             timeout=10).json()
         return state if state.get("state") in ("SUCCESS", "FAILURE") else None
 
     state = wait_for(done, 60, describe=lambda: stack.logs("celery"))
@@ -106,22 +116,26 @@ def test_task_enqueued_over_fastapi_runs_in_the_same_workers(stack):
     assert report["database"]["record"]["result"] == [1, 2, 3]
 
 
-def test_task_enqueued_over_django_http(stack):
-    response = requests.post(url(stack, "web", 8000, "/api/task-runs/"),
+def test_task_enqueued_over_django_http(stack, auth):
+    response = requests.post(url(stack, "web", 8000, "/api/task-runs/"), headers=auth,
                              json={"operation": "noop"}, timeout=10)
     assert response.status_code == 201, response.text
     body = response.json()
     wait_final(stack, body["celery_task_id"])
-    detail = requests.get(url(stack, "web", 8000, f"/api/task-runs/{body['id']}/"), timeout=10)
+    detail = requests.get(url(stack, "web", 8000, f"/api/task-runs/{body['id']}/"),
+                          headers=auth, timeout=10)
     assert detail.json()["status"] == "SUCCESS", detail.text
 
 
 @pytest.mark.parametrize("body", [{"operation": "no-such-op"}, {"payload": 1}, "not json"])
-def test_bad_bodies_are_rejected_and_nothing_is_enqueued(stack, body):
+def test_bad_bodies_are_rejected_and_nothing_is_enqueued(stack, auth, body):
     kwargs = {"data": body} if isinstance(body, str) else {"json": body}
-    fast = requests.post(url(stack, "fastapi", 8001, "/tasks"), timeout=10, **kwargs)
+    headers = {**auth, "Content-Type": "application/json"}
+    fast = requests.post(url(stack, "fastapi", 8001, "/tasks"), headers=headers, timeout=10,
+                         **kwargs)
     assert fast.status_code == 422, fast.text
-    web = requests.post(url(stack, "web", 8000, "/api/task-runs/"), timeout=10, **kwargs)
+    web = requests.post(url(stack, "web", 8000, "/api/task-runs/"), headers=headers, timeout=10,
+                        **kwargs)
     assert web.status_code == 400, web.text
     assert "error" in web.json()
 
@@ -245,11 +259,10 @@ def test_beat_started_as_the_guide_does_sends_to_the_beat_queue(stack):
         stack.compose_cmd("run", "--rm", "--no-deps", "-e", f"CELERY_BEAT_QUEUE={queue}",
                           "-e", "CELERY_STUCK_SCAN_INTERVAL=2",
                           "celery", *CELERY, "beat", "--loglevel=info"),
-        cwd=stack_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def queued():
-            code, out = stack.exec("redis", ["redis-cli", "--no-auth-warning", "LLEN", queue],
-                                   environment={"REDISCLI_AUTH": redis_password()})
+            code, out = stack.exec("redis", ["redis-admin", "LLEN", queue])
             return code == 0 and out.strip().isdigit() and int(out) > 0
 
         wait_for(queued, 60, describe=lambda: beat_output(beat))
@@ -259,18 +272,7 @@ def test_beat_started_as_the_guide_does_sends_to_the_beat_queue(stack):
             beat.wait(timeout=30)
         except subprocess.TimeoutExpired:
             beat.kill()
-        stack.exec("redis", ["redis-cli", "--no-auth-warning", "DEL", queue],
-                   environment={"REDISCLI_AUTH": redis_password()})
-
-
-def stack_root():
-    from stack import ROOT
-    return ROOT
-
-
-def redis_password() -> str:
-    from test_foundation import env_values
-    return env_values("^REDIS_PASSWORD$")["dev.env:REDIS_PASSWORD"]
+        stack.exec("redis", ["redis-admin", "DEL", queue])
 
 
 def beat_output(proc) -> str:

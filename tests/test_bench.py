@@ -1,4 +1,4 @@
-"""`make bench` runs at all: bench/run.py --smoke on its own throw-away stack (~2 min).
+"""`make bench` runs at all: bench/run.py --smoke on its own throw-away stack (~3 min).
 
 Nothing here times anything: the figures are ratios for bench/RESULTS.md, not pass marks. The
 test proves that every figure is still measured (a renamed endpoint, a broken worker flag or a
@@ -30,9 +30,12 @@ def test_bench_smoke_run_writes_every_figure(tmp_path):
     ratios = [row for row in rows if re.search(r"\*\*\d+\.\d\dx\*\*", row)]
     for figure in ("raw BRPOP drain", "enqueue `.delay()`", "drain 200 no-ops, prefork",
                    "enqueue->result p50", "HTTP FastAPI POST", "HTTP Django POST",
-                   "image trinity/django"):
+                   "HTTP via proxy (HTTPS) FastAPI POST /gateway/tasks",
+                   "HTTP via proxy (HTTPS) Django POST /api/task-runs/",
+                   "HTTP via proxy (HTTPS) FastAPI GET", "HTTP via proxy (HTTPS) Django GET",
+                   "image trinity/django", "image trinity/proxy"):
         assert any(figure in row for row in rows), f"no row for {figure!r}:\n{text}"
-    assert len(ratios) >= 15, f"only {len(ratios)} ratios:\n{text}"
+    assert len(ratios) >= 20, f"only {len(ratios)} ratios:\n{text}"
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The bench's stack is gone afterwards: nothing left running under its project name.
     project = re.search(r"stack (trinity-bench-[0-9a-f]+): down -v", proc.stderr).group(1)

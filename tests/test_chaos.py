@@ -1,7 +1,7 @@
-"""No task lost (issue 7): break workers, Redis, Postgres and the input on purpose.
+"""No task lost: break workers, Redis, Postgres and the input on purpose.
 
-One production stack per module (the PROD template, random secrets, its own project name),
-with a short Redis visibility timeout so a SIGKILLed worker's task comes back within seconds
+One production stack per module (the PROD template, random secrets, its own project name,
+HTTP through its proxy with an API token), with a short Redis visibility timeout so a SIGKILLed worker's task comes back within seconds
 instead of an hour. TaskRun rows are the ledger: status says whether a task finished, attempts
 counts how many times a worker claimed (started) it, so attempts > 1 means it ran twice.
 Every wait polls against a deadline; a failure prints the services' logs.
@@ -19,8 +19,8 @@ from contextlib import contextmanager
 import pytest
 import requests
 
+from edge import Edge, api_token, up_prod_stack
 from stack import Stack, StackError, wait_for
-from test_prod import PROD_FILE, free_port, prod_env
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
 
@@ -35,36 +35,23 @@ FINAL = ("SUCCESS", "FAILURE")
 # ---- the stack -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory, request):
-    tmp = tmp_path_factory.mktemp("chaos")
-    env_file = prod_env(tmp, WEB_PORT=str(free_port()), FASTAPI_PORT=str(free_port()),
-                        FLOWER_PORT=str(free_port()),
-                        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY),
-                        CELERY_STUCK_SCAN_INTERVAL=str(SCAN_INTERVAL))
-    stack = Stack(files=[PROD_FILE], env_file=str(env_file),
-                  project=f"trinity-chaos-{secrets.token_hex(4)}")
     started = time.monotonic()
+    # The proxy's per-token rate stays out of the way: these tests send bursts on purpose.
+    stack = up_prod_stack(tmp_path_factory.mktemp("chaos"), "trinity-chaos", SERVICES,
+                          CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY),
+                          CELERY_STUCK_SCAN_INTERVAL=str(SCAN_INTERVAL),
+                          PROXY_RATE="10000r/s", PROXY_BURST="10000")
     try:
-        stack.compose("build", "postgres", "redis", "web", "fastapi", timeout=1800)
-        proc = stack.compose("up", "-d", "--wait", "--wait-timeout", "240", *SERVICES,
-                             check=False, timeout=300)
-        if proc.returncode != 0:
-            pytest.fail(f"the chaos stack did not come up:\n{proc.stderr[-2000:]}\n"
-                        + "\n".join(stack.logs(s) for s in ["migrate", *SERVICES]),
-                        pytrace=False)
-        stack.web = f"http://127.0.0.1:{env_value(env_file, 'WEB_PORT')}"
-        stack.fastapi = f"http://127.0.0.1:{env_value(env_file, 'FASTAPI_PORT')}"
+        edge = Edge(stack)
+        stack.web, stack.fastapi = edge.https, edge.https + "/gateway"
+        stack.token = api_token(stack)
         print(f"\nchaos stack {stack.project} healthy in {time.monotonic() - started:.1f}s")
         yield stack
     finally:
         if request.session.testsfailed:
-            for s in ["redis", "postgres", *SERVICES]:
+            for s in ["redis", "postgres", "proxy", *SERVICES]:
                 print(stack.logs(s, tail=80))
         stack.down()
-
-
-def env_value(path, name: str) -> str:
-    return next(l.split("=", 1)[1] for l in path.read_text().splitlines()
-                if l.startswith(name + "="))
 
 
 def report(stack: Stack, services=SERVICES) -> str:
@@ -171,8 +158,7 @@ def wait_final(stack: Stack, ids: list, timeout: float, by_task_id: bool = False
 
 # ---- Redis and worker helpers ----------------------------------------------------------------
 def redis_cli(stack: Stack, *args: str) -> str:
-    code, out = stack.exec("redis", ["sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" '
-                                     'exec redis-cli --no-auth-warning "$@"', "redis-cli", *args])
+    code, out = stack.exec("redis", ["redis-admin", *args])
     assert code == 0, out
     return out.strip()
 
@@ -210,11 +196,13 @@ def workers_stopped(stack: Stack, workers=WORKERS):
         stack.compose("start", *workers)
 
 
-def post(url: str, body, timeout: float = 10) -> tuple[requests.Response, float]:
+def post(stack: Stack, url: str, body, timeout: float = 10) -> tuple[requests.Response, float]:
+    """POST through the proxy with the stack's API token (its certificate is self-signed)."""
     started = time.monotonic()
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    r = requests.post(url, data=data, headers={"Content-Type": "application/json"},
-                      timeout=timeout)
+    r = requests.post(url, data=data, timeout=timeout, verify=False,
+                      headers={"Content-Type": "application/json",
+                               "Authorization": f"Bearer {stack.token}"})
     return r, time.monotonic() - started
 
 
@@ -224,7 +212,7 @@ def post(url: str, body, timeout: float = 10) -> tuple[requests.Response, float]
     ("celery", "REDIS_URL", "redis://redis:notaport/0"),
     ("fastapi", "REDIS_URL", "redis://redis:notaport/0"),
     ("web", "REDIS_URL", "redis://redis:notaport/0"),
-    ("web", "DJANGO_SECRET_KEY", ""),
+    ("web", "DJANGO_SECRET_KEY_FILE", "/run/secrets/no-such-file"),
     ("celery", "DATABASE_URL", ""),
 ])
 def test_a_bad_environment_stops_the_service_at_start(chaos, service, name, value):
@@ -272,9 +260,7 @@ def test_a_bad_http_input_gets_4xx_with_a_reason_and_enqueues_nothing(chaos):
         answers = []
         for body in BAD_BODIES:
             for url in (f"{chaos.web}/api/task-runs/", f"{chaos.fastapi}/tasks"):
-                if url.endswith("/tasks") and body == {"operation": "echo", "schema": "no_such_tenant"}:
-                    continue  # FastAPI has no database: the worker checks the tenant
-                r, _ = post(url, body)
+                r, _ = post(chaos, url, body)
                 answers.append((url, body, r.status_code, r.text[:200]))
                 assert 400 <= r.status_code < 500, answers[-1]
                 reason = r.json().get("error") or r.json().get("detail")
@@ -283,7 +269,7 @@ def test_a_bad_http_input_gets_4xx_with_a_reason_and_enqueues_nothing(chaos):
         assert after == before, (before, after, answers)
         assert rows_after == rows_before
         # The control: a good request does show up in the same counters.
-        r, _ = post(f"{chaos.fastapi}/tasks", {"operation": "noop"})
+        r, _ = post(chaos, f"{chaos.fastapi}/tasks", {"operation": "noop"})
         assert r.status_code == 202, r.text
         assert queue_lengths(chaos)["trinity.tasks"] == before["trinity.tasks"] + 1
     print(f"{len(answers)} bad requests refused, queues {after}")
@@ -296,7 +282,7 @@ def test_b_enqueue_endpoints_answer_503_fast_while_redis_is_down(chaos):
     try:
         for url, body in [(f"{chaos.web}/api/task-runs/", {"operation": "echo", "payload": 1}),
                           (f"{chaos.fastapi}/tasks", {"operation": "echo", "payload": 1})]:
-            r, took = post(url, body)
+            r, took = post(chaos, url, body)
             print(f"{url} with Redis down: {r.status_code} in {took:.2f}s: {r.text[:160]}")
             assert r.status_code == 503, r.text
             assert took < 2, f"{took:.2f}s"
@@ -308,8 +294,8 @@ def test_b_enqueue_endpoints_answer_503_fast_while_redis_is_down(chaos):
     chaos.wait_healthy(["redis"], timeout=60)
 
     def accepted():
-        a, _ = post(f"{chaos.web}/api/task-runs/", {"operation": "echo", "payload": 2})
-        b, _ = post(f"{chaos.fastapi}/tasks", {"operation": "echo", "payload": 2})
+        a, _ = post(chaos, f"{chaos.web}/api/task-runs/", {"operation": "echo", "payload": 2})
+        b, _ = post(chaos, f"{chaos.fastapi}/tasks", {"operation": "echo", "payload": 2})
         return a.status_code == 201 and b.status_code == 202 and a.json()["id"]
     run_id = wait_for(accepted, 30, interval=1, describe=lambda: report(chaos, ["web", "fastapi"]))
     assert started_at(chaos, "web") == web_started, "web was restarted"
@@ -436,7 +422,7 @@ def test_g_postgres_restart_leaves_no_task_running_forever(chaos):
     def keep_posting():
         while not stop.is_set():
             try:
-                r, _ = post(f"{chaos.fastapi}/tasks", {"operation": "noop"}, timeout=5)
+                r, _ = post(chaos, f"{chaos.fastapi}/tasks", {"operation": "noop"}, timeout=5)
                 if r.status_code == 202:
                     task_ids.append(r.json()["task_id"])
                 else:

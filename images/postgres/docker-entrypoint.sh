@@ -1,7 +1,25 @@
 #!/bin/bash
-# First start: initdb into the volume, create the database, run /docker-entrypoint-initdb.d once.
-# Every start: exec the server as PID 1 so it gets the stop signal.
+# First start: initdb into the volume, create the database and the application roles, run
+# /docker-entrypoint-initdb.d once. Every start: exec the server as PID 1 so it gets the stop
+# signal. Any NAME_PASSWORD below may be given as NAME_PASSWORD_FILE (compose/Swarm secrets).
+#   POSTGRES_USER / POSTGRES_PASSWORD    the superuser (for operators and this script only)
+#   POSTGRES_DB                          the database
+#   POSTGRES_APP_USER / _APP_PASSWORD    optional: the role the apps use, not superuser; it owns
+#                                        the database, so it owns the schemas it creates (the
+#                                        tenants') and the public schema
+#   POSTGRES_GATEWAY_USER / _GATEWAY_PASSWORD   optional: a role that may only connect; the
+#                                        migrate service grants it the few columns it reads
 set -euo pipefail
+
+secret() {  # secret NAME: $NAME, or the contents of the file $NAME_FILE names
+  local value=${!1:-} file_var="$1_FILE"
+  local file=${!file_var:-}
+  if [ -n "$file" ]; then
+    [ -z "$value" ] || { echo "postgres: set either $1 or ${1}_FILE, not both" >&2; exit 1; }
+    value=$(cat "$file") || { echo "postgres: ${1}_FILE: cannot read $file" >&2; exit 1; }
+  fi
+  printf %s "$value"
+}
 
 POSTGRES_USER=${POSTGRES_USER:-postgres}
 POSTGRES_DB=${POSTGRES_DB:-$POSTGRES_USER}
@@ -11,9 +29,10 @@ if [ "${1:-}" != "postgres" ]; then
 fi
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  if [ -z "${POSTGRES_PASSWORD:-}" ]; then
+  POSTGRES_PASSWORD=$(secret POSTGRES_PASSWORD)
+  if [ -z "$POSTGRES_PASSWORD" ]; then
     echo "postgres: POSTGRES_PASSWORD is not set; refusing to initialise a database without a" \
-         "password (set POSTGRES_PASSWORD in the environment)" >&2
+         "password (set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE)" >&2
     exit 1
   fi
   echo "postgres: initialising $PGDATA for user '$POSTGRES_USER', database '$POSTGRES_DB'"
@@ -28,6 +47,30 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   psql=(psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc)
   if [ "$POSTGRES_DB" != "postgres" ]; then
     "${psql[@]}" --dbname postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
+  fi
+  role() {  # role NAME PASSWORD_VARIABLE: a role that may log in and connect, nothing else
+    local password
+    password=$(secret "$2")
+    [ -n "$password" ] || { echo "postgres: $2 (or ${2}_FILE) is required with its user" >&2; exit 1; }
+    "${psql[@]}" --dbname postgres --set role="$1" --set password="$password" \
+                 --set db="$POSTGRES_DB" >/dev/null <<'SQL'
+CREATE ROLE :"role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'password';
+GRANT CONNECT ON DATABASE :"db" TO :"role";
+SQL
+    echo "postgres: role '$1' created"
+  }
+  # Only the roles named here may connect to the database (and none to the maintenance one).
+  "${psql[@]}" --dbname postgres --set db="$POSTGRES_DB" >/dev/null \
+    <<<'REVOKE ALL ON DATABASE :"db" FROM PUBLIC; REVOKE ALL ON DATABASE postgres FROM PUBLIC;'
+  if [ -n "${POSTGRES_APP_USER:-}" ]; then
+    role "$POSTGRES_APP_USER" POSTGRES_APP_PASSWORD
+    "${psql[@]}" --dbname postgres --set role="$POSTGRES_APP_USER" --set db="$POSTGRES_DB" \
+      >/dev/null <<<'ALTER DATABASE :"db" OWNER TO :"role";'
+    "${psql[@]}" --dbname "$POSTGRES_DB" --set role="$POSTGRES_APP_USER" >/dev/null \
+      <<<'ALTER SCHEMA public OWNER TO :"role";'
+  fi
+  if [ -n "${POSTGRES_GATEWAY_USER:-}" ]; then
+    role "$POSTGRES_GATEWAY_USER" POSTGRES_GATEWAY_PASSWORD
   fi
   for f in /docker-entrypoint-initdb.d/*; do
     case "$f" in

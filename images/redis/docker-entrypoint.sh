@@ -1,15 +1,58 @@
 #!/bin/sh
-# Starts redis-server with the image's config; REDIS_PASSWORD (optional) is given on stdin so it
-# never shows in the process list or in the image.
+# Starts redis-server with the image's config plus what the environment asks for, handed over
+# on stdin so that no password shows in the process list or in the image:
+#   REDIS_ADMIN_PASSWORD[_FILE] set  -> ACL mode: the default user is off; one user per role
+#     (users below), each needing its own REDIS_<ROLE>_PASSWORD[_FILE]. Production.
+#   else REDIS_PASSWORD[_FILE] set   -> one password for everything (requirepass). Development.
+#   else                             -> no authentication (a warning says so).
+#   REDIS_MAXMEMORY (e.g. 256mb)     -> a memory limit; with noeviction a write past it is refused.
+# NAME_FILE is the path of a file holding NAME's value (compose and Swarm secrets).
 set -eu
 if [ "${1:-}" != "redis-server" ]; then
-  exec "$@"  # redis-cli, sh, ... run as given
+  exec "$@"  # redis-cli, redis-admin, sh, ... run as given
 fi
 shift
-if [ -n "${REDIS_PASSWORD:-}" ]; then
-  exec redis-server /etc/redis/trinity.conf - "$@" <<CONF
-requirepass "$REDIS_PASSWORD"
-CONF
+. /usr/local/lib/redis/secret.sh
+
+config=""  # lines for redis-server, given on stdin below
+add() { config="$config$*
+"; }
+if [ -n "${REDIS_MAXMEMORY:-}" ]; then
+  add "maxmemory $REDIS_MAXMEMORY"
 fi
-echo "redis: REDIS_PASSWORD is not set; Redis accepts commands without authentication" >&2
-exec redis-server /etc/redis/trinity.conf "$@"
+admin=$(secret REDIS_ADMIN_PASSWORD)
+if [ -n "$admin" ]; then
+  # Passwords go in as SHA-256 hashes (#...): not even the config holds them in clear.
+  hash() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
+  user() {  # user NAME VARIABLE RULES...
+    name=$1 variable=$2; shift 2
+    password=$(secret "$variable")
+    if [ -z "$password" ]; then
+      echo "redis: $variable (or ${variable}_FILE) is required when REDIS_ADMIN_PASSWORD is set" >&2
+      exit 1
+    fi
+    add "user $name on #$(hash "$password") $*"
+  }
+  add "user default off resetpass nocommands"
+  # Operators (redis-admin in this container): everything.
+  user admin REDIS_ADMIN_PASSWORD '~* &* +@all'
+  # Celery workers, beat and flower: every key and channel (queues, pidbox replies, results,
+  # RedBeat's lock), nothing that can wipe, reconfigure or stop the server.
+  user worker REDIS_WORKER_PASSWORD '~* &* +@all -@dangerous'
+  # web and fastapi publish tasks and read results, and nothing else: no channel at all, so no
+  # Celery remote control (a broadcast is a PUBLISH on the pidbox channel), no pub/sub.
+  user web REDIS_WEB_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting'
+  user gateway REDIS_GATEWAY_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting'
+else
+  password=$(secret REDIS_PASSWORD)
+  if [ -n "$password" ]; then
+    add "requirepass \"$password\""
+  else
+    echo "redis: neither REDIS_ADMIN_PASSWORD nor REDIS_PASSWORD is set; Redis accepts commands" \
+         "without authentication" >&2
+  fi
+fi
+# redis-server reads "-" as the config from stdin, after the image's file.
+exec redis-server /etc/redis/trinity.conf - "$@" <<CONF
+$config
+CONF

@@ -4,12 +4,15 @@ Both ``config/celery.py`` (Django) and ``app/celery_app.py`` (FastAPI) call
 :func:`configure_celery_app`, so whichever side publishes a task, it lands on the
 same broker, in the same queues, with the same serializer and retry policy.
 
-This module is copied alone into the FastAPI image (which has no Django), so it
-may import only the standard library, celery/kombu and (lazily) redis.
+This module is copied into the FastAPI image (which has no Django) with secret_files.py,
+so it may import only the standard library, that module, celery/kombu and (lazily) redis.
 
 Environment contract (an empty string counts as unset):
 
-REDIS_URL                  required unless both URLs below are set
+REDIS_URL                  required unless both URLs below are set; need not hold credentials
+REDIS_USERNAME             per service: the Redis ACL user, for URLs that name none
+REDIS_PASSWORD             per service: that user's password, or REDIS_PASSWORD_FILE: a file
+                           holding it (for URLs that hold no password)
 CELERY_BROKER_URL          default REDIS_URL
 CELERY_RESULT_BACKEND      default REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE  default "trinity.tasks"
@@ -29,10 +32,13 @@ variable's name, so the start-up log says exactly what to fix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
+
+from config.secret_files import SecretError, read_secret, url_with_password
 
 # Task names are spelled out (not imported) so FastAPI can publish them without Django.
 EXECUTE_TASK = "apps.orchestration.tasks.execute_task"
@@ -167,20 +173,29 @@ def worker_queues(environ: Mapping[str, str] | None = None) -> str:
 # Values that must never reach production: envs/prod.env's placeholders and envs/dev.env's
 # development secrets (all marked). Checked at every process start when TRINITY_ENV=production.
 INSECURE_MARKERS = ("CHANGE-ME", "insecure-")
-SECRET_VARIABLES = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
-                    "DJANGO_SECRET_KEY", "DATABASE_URL", "FLOWER_BASIC_AUTH")
+# Each may be given as NAME or as NAME_FILE (config/secret_files.py): both are checked.
+SECRET_VARIABLES = ("REDIS_URL", "REDIS_PASSWORD", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+                    "DJANGO_SECRET_KEY", "DATABASE_URL", "DATABASE_PASSWORD",
+                    "GATEWAY_DATABASE_URL", "GATEWAY_DATABASE_PASSWORD", "FLOWER_BASIC_AUTH")
+
+
+def _secret(environ: Mapping[str, str], name: str) -> str | None:
+    try:
+        return read_secret(name, environ)
+    except SecretError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def refuse_insecure_secrets(environ: Mapping[str, str]) -> None:
     if _get(environ, "TRINITY_ENV") != "production":
         return
     for name in SECRET_VARIABLES:
-        value = _get(environ, name) or ""
+        value = _secret(environ, name) or ""
         marker = next((m for m in INSECURE_MARKERS if m in value), None)
         if marker:
             raise SettingsError(
                 f"{name}: holds a placeholder or development value ({marker!r}); "
-                "set a real secret (envs/prod.env or your secret manager)"
+                "set a real secret (its file in SECRETS_DIR, or your secret manager)"
             )
 
 
@@ -223,6 +238,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
     result_backend = (
         _redis_url("CELERY_RESULT_BACKEND", result_backend) if result_backend else redis_url
     )
+    # Credentials may come apart from the URL: each service names its own ACL user, and the
+    # password comes from a file, so no secret is in a variable that `docker inspect` shows.
+    username, password = _get(environ, "REDIS_USERNAME"), _secret(environ, "REDIS_PASSWORD")
+    broker_url = url_with_password(broker_url, password, username)
+    result_backend = url_with_password(result_backend, password, username)
 
     queues = queue_names(environ)
     concurrency = _positive_int(environ, "CELERY_WORKER_CONCURRENCY", os.cpu_count() or 1)
@@ -373,9 +393,37 @@ def _exit_with(exc: SettingsError):
     raise SystemExit(2) from None
 
 
+# redis-py prefixes an error inside a pipeline (kombu publishes through one) with the command,
+# binary arguments included: "Command # 1 (SADD ...) of pipeline caused error: <reason>".
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+
+
+def redis_refusal(exc: BaseException) -> str | None:
+    """Redis's own reply when it refused a command somewhere in ``exc``'s chain, as Redis sent
+    it ("OOM command not allowed when used memory > 'maxmemory'."); else None."""
+    from redis.exceptions import ExecAbortError, ResponseError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ResponseError) and not isinstance(exc, ExecAbortError):
+            message = _PIPELINE_PREFIX.sub("", str(exc))
+            code = getattr(exc, "status_code", None)  # redis-py keeps the code ("OOM") apart
+            if code and not message.startswith(code):
+                message = f"{code} {message}"
+            return message
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def broker_error_reason(exc: Exception) -> str:
-    """A publish error as one line for a 503. Celery's text ends with "The Celery application
-    must be restarted", which is not so here: publishing works again once Redis is back."""
+    """A publish error as one line for a 503: Redis's own refusal when it refused (out of
+    memory, no permission), else the error's text. Celery's text ends with "The Celery
+    application must be restarted", which is not so here: publishing works again once Redis
+    is back."""
+    refusal = redis_refusal(exc)
+    if refusal:
+        return refusal
     return " ".join(str(exc).split()).split(" The Celery application must be")[0]
 
 

@@ -179,7 +179,8 @@ def test_app_is_configured():
     ({"REDIS_URL": "", "CELERY_BROKER_URL": ""},
      "configuration error: REDIS_URL: required (or set both CELERY_BROKER_URL and "
      "CELERY_RESULT_BACKEND)"),
-    ({"DJANGO_SECRET_KEY": ""}, "configuration error: DJANGO_SECRET_KEY: required, not set"),
+    ({"DJANGO_SECRET_KEY": ""},
+         "configuration error: DJANGO_SECRET_KEY: required, not set (nor DJANGO_SECRET_KEY_FILE)"),
 ])
 def test_start_fails_with_one_line(env, message):
     """What `celery -A config.celery ...` does on a bad variable: one line, exit code 2."""

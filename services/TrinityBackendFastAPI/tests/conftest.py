@@ -1,4 +1,4 @@
-"""Make config/celery_settings.py importable and give the app a broker URL.
+"""Make config/celery_settings.py importable and give the app a broker and a database URL.
 
 In the image, /app/config/celery_settings.py sits beside /app/app (an empty
 config/__init__.py with it). In the repository it lives in ../TrinityBackendDjango,
@@ -18,9 +18,13 @@ import pytest
 # patch publishing and need no broker, but the Celery app needs some URL to start.
 LIVE_REDIS = bool(os.environ.get("REDIS_URL", "").strip())
 os.environ.setdefault("REDIS_URL", "redis://localhost:6379/0")
+# The token store connects on first use only: any well-formed URL lets the app start. The stack
+# passes the real one; the live_database fixture then uses it (and skips where none answers).
+os.environ.setdefault("GATEWAY_DATABASE_URL", "postgres://gateway@127.0.0.1:1/trinity")
 
 try:
     importlib.import_module("config.celery_settings")
+    importlib.import_module("config.secret_files")
 except ModuleNotFoundError:
     django_config = Path(__file__).resolve().parents[2] / "TrinityBackendDjango" / "config"
     if not (django_config / "celery_settings.py").is_file():
@@ -29,9 +33,32 @@ except ModuleNotFoundError:
     package.__path__ = [str(django_config)]
     sys.modules["config"] = package
     importlib.import_module("config.celery_settings")
+    importlib.import_module("config.secret_files")
 
 
 @pytest.fixture
 def live_redis():
     if not LIVE_REDIS:
         pytest.skip("REDIS_URL not set: no live Redis to PING")
+
+
+@pytest.fixture
+def live_database():
+    """The token store against the real GATEWAY_DATABASE_URL; skipped when no Postgres listens
+    there (the unit run), but a Postgres that answers with an error (no grant, no table)
+    fails the test."""
+    import psycopg
+
+    from app import tokens
+
+    try:
+        psycopg.connect(tokens.token_store.database_url, connect_timeout=2).close()
+    except psycopg.OperationalError as exc:
+        text = str(exc)
+        if any(s in text for s in ("Connection refused", "could not translate host name",
+                                   "Name or service not known", "timeout expired",
+                                   "Is the server running",
+                                   "No route to host")):
+            pytest.skip(f"no Postgres at GATEWAY_DATABASE_URL: {' '.join(text.split())[:200]}")
+        raise
+    return tokens.token_store

@@ -12,7 +12,6 @@ from config.celery_settings import broker_error_reason, queue_for_operation
 
 logger = logging.getLogger(__name__)
 
-
 class BrokerUnavailable(RuntimeError):
     """Publishing failed (after the bounded retries of celery_settings); the TaskRun
     ``task_run_id`` is kept as FAILURE with the reason."""

@@ -1,0 +1,244 @@
+"""What the images are made of: a python-less minbase underneath, no apt leftovers on top, and a
+proxy that runs hardened with no upstream and keeps its certificate.
+
+Cheap on purpose: the app, Postgres and Redis images are the ones the session's dev stack
+(conftest.py) already built; only the proxy image is built here, once (about 10 s cold, a cache
+hit after), under the tag the production template uses, so the prod stack reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+
+import docker
+import pytest
+
+from stack import ROOT, StackError, wait_for
+
+pytestmark = pytest.mark.stack
+
+OFFICIAL_BASE = "debian:trixie-slim"
+LABEL = {"org.trinity.project": "trinity"}
+TAG = os.environ.get("TRINITY_TAG") or "prod"
+PROXY_IMAGE = f"trinity/proxy:{TAG}"
+# What a leftover of an apt run looks like: package lists (anything in lists/ but its lock and
+# the empty partial/ directory) and a validity switch (the bootstrap uses one for its build only).
+APT_LEFTOVERS = r"""
+find /var/lib/apt/lists -mindepth 1 ! -name lock ! -path /var/lib/apt/lists/partial 2>/dev/null \
+  | sed 's/^/apt list: /'
+grep -rlis check-valid-until /etc/apt | sed 's/^/validity switch in: /'
+exit 0
+"""
+FINGERPRINT_LINE = re.compile(r"^proxy: TLS certificate (\S+) SHA-256 fingerprint ([0-9A-F:]{95})$", re.M)
+# The production template's hardening (x-hardened), as `docker run` options.
+HARDENED = dict(read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+                tmpfs={"/tmp": ""})
+
+
+@pytest.fixture(scope="module")
+def client():
+    return docker.from_env()
+
+
+def base_image_name() -> str:
+    if os.environ.get("BASE_IMAGE"):
+        return os.environ["BASE_IMAGE"]
+    chosen = ROOT / ".base-image"
+    return chosen.read_text().strip() if chosen.is_file() else OFFICIAL_BASE
+
+
+def run_sh(client, image: str, script: str) -> tuple[int, str]:
+    """Run `sh -c script` as root in a throw-away container of image, without network."""
+    container = client.containers.run(image, entrypoint=["sh", "-c", script], user="0",
+                                      network_disabled=True, detach=True, labels=LABEL)
+    try:
+        code = container.wait(timeout=60)["StatusCode"]
+        return code, container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def proxy_image(client):
+    """The proxy image, built once with the base the bootstrap chose (cached after the first)."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["docker", "build", "--quiet", "--build-arg", f"BASE_IMAGE={base_image_name()}",
+         "--label", "org.trinity.project=trinity", "-f", "images/proxy/Dockerfile",
+         "-t", PROXY_IMAGE, "."], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"building {PROXY_IMAGE} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
+                    pytrace=False)
+    print(f"\n{PROXY_IMAGE} built in {time.monotonic() - started:.1f}s")
+    return client.images.get(PROXY_IMAGE)
+
+
+# ---- (a) the base ---------------------------------------------------------------------------
+
+def test_the_images_are_built_on_a_base_without_python_or_ca_certificates(client, stack,
+                                                                         proxy_image):
+    name = base_image_name()
+    base = client.images.get(name)
+    if name == OFFICIAL_BASE and (base.labels or {}).get("org.trinity.base") != "mmdebstrap":
+        pytest.skip(f"the base is Docker's official {OFFICIAL_BASE}, pulled from a registry: "
+                    "what it holds is Docker's to promise, not this project's")
+    code, out = run_sh(client, name, "python3 -c 1")
+    assert code == 127, f"python3 in the base {name}: exit {code} (127 = not found)\n{out}"
+    code, out = run_sh(client, name, "dpkg-query -W -f='${Status}\\n' ca-certificates python3; "
+                                     "ls /etc/ssl/certs/ca-certificates.crt")
+    assert "install ok installed" not in out and code != 0, \
+        f"the base {name} has python3 or CA certificates:\n{out}"
+    # Every image of the project starts with the base's one layer: built FROM it, not elsewhere.
+    (base_layer,) = base.attrs["RootFS"]["Layers"]
+    for image in [*stack.images(), proxy_image]:
+        assert image.attrs["RootFS"]["Layers"][0] == base_layer, \
+            f"{image.tags} is not built on {name}"
+
+
+# ---- (b) no apt leftovers -------------------------------------------------------------------
+
+def test_no_image_keeps_apt_lists_or_a_validity_switch(client, stack, proxy_image):
+    """The dev stack's images are the -test variants of django/fastapi (every layer of the
+    production targets plus the test tools), postgres and redis; and the proxy."""
+    images = [*stack.images(), proxy_image]
+    names = {tag.split(":")[0] for image in images for tag in image.tags}
+    assert {"trinity/postgres", "trinity/redis", "trinity/proxy"} <= names, names
+    assert any(n.startswith("trinity/django") for n in names), names
+    assert any(n.startswith("trinity/fastapi") for n in names), names
+    found = {}
+    for image in images:
+        code, out = run_sh(client, image.id, APT_LEFTOVERS)
+        assert code == 0, f"{image.tags}: the check itself failed ({code}):\n{out}"
+        lines = out.strip().splitlines()
+        if lines:
+            lists = [l for l in lines if l.startswith("apt list:")]
+            found[image.tags[0]] = [l for l in lines if l not in lists] + lists[:3] + (
+                [f"... {len(lists)} apt list files in all"] if len(lists) > 3 else [])
+    assert found == {}, f"apt leftovers: {found}"
+
+
+# ---- (c) the proxy, hardened, with no upstream ------------------------------------------------
+
+@pytest.fixture
+def proxy_env(client, proxy_image):
+    """A network (Docker's DNS answers on user networks only) and the TLS volume; both removed
+    afterwards, with every container the test started on them."""
+    suffix = uuid.uuid4().hex[:8]
+    network = client.networks.create(f"trinity-imagetest-{suffix}", labels=LABEL)
+    volume = client.volumes.create(f"trinity-imagetest-proxy-tls-{suffix}", labels=LABEL)
+    started = []
+
+    def start(**env):
+        container = client.containers.run(
+            proxy_image.id, detach=True, network=network.name, labels=LABEL, environment=env,
+            volumes={volume.name: {"bind": "/var/lib/trinity-proxy", "mode": "rw"}},
+            ports={"8443/tcp": ("127.0.0.1", None)}, **HARDENED)
+        started.append(container)
+        return container
+
+    yield start
+    for container in started:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+    network.remove()
+    volume.remove(force=True)
+
+
+def logs_of(container) -> str:
+    try:
+        return f"---- logs of {container.name} ----\n{container.logs().decode(errors='replace')}"
+    except docker.errors.NotFound:
+        return f"({container.name} is gone)"
+
+
+def curl(container, *args: str) -> tuple[int, str]:
+    result = container.exec_run(["curl", "--silent", "--show-error", "--insecure",
+                                 "--max-time", "5", *args])
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+def wait_started(container, starts: int) -> str:
+    """Wait until the proxy printed its fingerprint line `starts` times and answers its
+    healthcheck; return the last fingerprint."""
+    def ready():
+        container.reload()
+        if container.status != "running":
+            raise StackError(f"the proxy stopped ({container.status})\n{logs_of(container)}")
+        lines = FINGERPRINT_LINE.findall(container.logs().decode(errors="replace"))
+        if len(lines) < starts:
+            return None
+        return lines[-1][1] if container.exec_run(["healthcheck-proxy"]).exit_code == 0 else None
+    return wait_for(ready, timeout=30, describe=lambda: logs_of(container))
+
+
+def served_certificate(container) -> tuple[str, str, str]:
+    """From the host, over the published port: (ALPN protocol, TLS version, SHA-256 of the
+    certificate served) -- what a browser would see."""
+    container.reload()
+    port = int(container.attrs["NetworkSettings"]["Ports"]["8443/tcp"][0]["HostPort"])
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # self-signed; its fingerprint is what we compare
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+            digest = hashlib.sha256(der).hexdigest().upper()
+            return (tls.selected_alpn_protocol(), tls.version(),
+                    ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
+
+
+def test_the_hardened_proxy_serves_tls_and_http2_without_any_upstream(proxy_env):
+    proxy = proxy_env()
+    fingerprint = wait_started(proxy, starts=1)
+    assert all(p[1] != "0" for p in proxy.top(ps_args="-o pid,uid,comm")["Processes"]), \
+        f"a proxy process runs as root: {proxy.top(ps_args='-o pid,uid,comm')}\n{logs_of(proxy)}"
+
+    code, out = curl(proxy, "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                     "https://127.0.0.1:8443/proxy-healthz")
+    assert (code, out) == (0, "2 200"), f"{code}: {out}\n{logs_of(proxy)}"
+    alpn, version, served = served_certificate(proxy)
+    assert alpn == "h2" and version in ("TLSv1.2", "TLSv1.3"), (alpn, version)
+    assert served == fingerprint, "the fingerprint printed at start is not the served certificate"
+
+    # Plain HTTP: redirected to HTTPS, the default public port 443 left out of the Location.
+    code, out = curl(proxy, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                     "-H", "Host: trinity.example", "http://127.0.0.1:8080/api/task-runs/?a=1")
+    assert (code, out) == (0, "301 https://trinity.example/api/task-runs/?a=1"), \
+        f"{code}: {out}\n{logs_of(proxy)}"
+    code, out = curl(proxy, "-w", " %{http_code}", "http://127.0.0.1:8080/proxy-healthz")
+    assert (code, out) == (0, '{"status": "ok"}\n 200'), f"{code}: {out}"
+
+    # No web running: an answer in JSON at once, not a hang and not a crash.
+    started = time.monotonic()
+    code, out = curl(proxy, "-w", " %{http_code}", "https://127.0.0.1:8443/api/task-runs/")
+    assert code == 0 and out.endswith(" 502") and '"error"' in out, f"{code}: {out}"
+    assert time.monotonic() - started < 4, "a missing upstream took too long to answer"
+
+
+def test_the_proxy_keeps_its_generated_certificate_across_restarts(proxy_env):
+    proxy = proxy_env()
+    first = wait_started(proxy, starts=1)
+    assert "generated a self-signed certificate" in proxy.logs().decode()
+
+    proxy.restart(timeout=10)
+    assert wait_started(proxy, starts=2) == first, logs_of(proxy)
+    assert proxy.logs().decode().count("generated a self-signed certificate") == 1, logs_of(proxy)
+
+    # A new container on the same volume (compose recreating it after an edit) reuses it too,
+    # and names a non-default public HTTPS port in its redirect.
+    proxy.remove(force=True)
+    again = proxy_env(PROXY_PUBLIC_HTTPS_PORT="8443")
+    assert wait_started(again, starts=1) == first, logs_of(again)
+    assert served_certificate(again)[2] == first
+    code, out = curl(again, "-o", "/dev/null", "-w", "%{redirect_url}",
+                     "-H", "Host: trinity.example", "http://127.0.0.1:8080/admin/")
+    assert (code, out) == (0, "https://trinity.example:8443/admin/"), f"{code}: {out}"
