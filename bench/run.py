@@ -208,7 +208,7 @@ def probe(url: str, body: str | None = None, headers: dict | None = None,
                            f"(expected {expect}): {text}")
 
 
-# ---- CPU per request ------------------------------------------------------------------------------
+# ---- CPU per request -----------------------------------------------------------------------
 # On 2 shared cores a req/s ratio moves with whatever else runs; the CPU that each part of the
 # path spends per request does not (much): cgroup CPU of each container, wrk's own CPU, and the
 # docker-proxy processes of the published ports used, read before and after one wrk run.
@@ -678,9 +678,9 @@ def fig_http(table: Table, stack: Stack, ctx, seconds, conns):
             table.ratio(f"CPU per request via proxy {edge_name(svc, prefix + path)}",
                             pe["cpu_us"]["total"], "us", "same endpoint direct", d_cpu,
                             f"1/ratio = {d_cpu / pe['cpu_us']['total']:.2f}x, the req/s ratio "
-                            f"on saturated cores; via proxy: {cpu_note(pe, [svc, 'proxy', 'postgres', 'redis'])}"
-                            f"; direct: {cpu_note(e2, [svc, 'postgres', 'redis'])}",
-                            fmt="{:,.0f}")
+                            f"on saturated cores; via proxy: "
+                            f"{cpu_note(pe, [svc, 'proxy', 'postgres', 'redis'])}; direct: "
+                            f"{cpu_note(e2, [svc, 'postgres', 'redis'])}", fmt="{:,.0f}")
         table.ratio(f"HTTP via proxy {edge_name(svc, prefix + '/livez')}, -c{conns}",
                     plive["rps"], "req/s", "same server GET /livez direct", live["rps"],
                     f"p50 {plive['p50']} vs {live['p50']}; the proxy's cost with no app work; "

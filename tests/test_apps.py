@@ -161,8 +161,8 @@ def test_worker_consumes_the_default_cpu_and_io_queues(stack):
     ("sleep", 0.2, "trinity.tasks.io"),
     ("noop", None, "trinity.tasks"),
 ])
-def test_operations_run_from_the_queue_of_their_kind(stack, operation, payload, queue):
-    response = requests.post(url(stack, "fastapi", 8001, "/tasks"),
+def test_operations_run_from_the_queue_of_their_kind(stack, auth, operation, payload, queue):
+    response = requests.post(url(stack, "fastapi", 8001, "/tasks"), headers=auth,
                              json={"operation": operation, "payload": payload}, timeout=10)
     assert response.json()["queue"] == queue
     task_id = response.json()["task_id"]

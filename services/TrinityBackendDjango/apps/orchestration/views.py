@@ -33,9 +33,9 @@ def _error(status: int, reason: str) -> JsonResponse:
 
 
 def _database_unavailable(exc: Exception) -> JsonResponse:
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    logger.warning("database unavailable: %s", reason)
-    return _error(503, f"database unavailable: {reason}")
+    # The driver's text names hosts and roles: it goes to the log, not to the caller.
+    logger.warning("database unavailable: %s", " ".join(str(exc).split()) or type(exc).__name__)
+    return _error(503, "database unavailable, try again later")
 
 
 def _authenticate(request) -> str | JsonResponse:
