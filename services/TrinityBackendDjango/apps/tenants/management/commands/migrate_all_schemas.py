@@ -15,7 +15,7 @@ from django.db import connection
 
 logger = logging.getLogger(__name__)
 
-# Exactly what the gateway's token lookup reads (see /tmp/contract.md, "API tokens"): never a
+# Exactly what the gateway's token lookup reads: never a
 # token's name, never a TaskRun table, never a tenant schema.
 GATEWAY_GRANTS = (
     "USAGE ON SCHEMA public",
