@@ -5,8 +5,8 @@ workers it starts, so nothing in services/ changes. `bench.noop` goes to its own
 `trinity.bench`, which no stack worker consumes.
 
 The stack's settings apply as they are; two switches measure what they replaced:
-  BENCH_LEGACY=1          the settings before the throughput tuning (README, "Throughput"): task events sent by workers
-                          and producers, a STARTED write per task (inner.py also drops the
+  BENCH_LEGACY=1          the settings before the throughput tuning (README, "Throughput"):
+                          task events sent by workers and producers, a STARTED write per task (inner.py also drops the
                           workers' --without-gossip --without-mingle)
   BENCH_IGNORE_RESULT=1   the no-op stores no result (fire-and-forget)
 Acknowledgement settings (acks_late, reject_on_worker_lost, visibility timeout) are never touched.
