@@ -19,10 +19,19 @@ class TaskRun(models.Model):
     payload = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING,
                               db_index=True)
+    # One row per Celery task id (see Meta): two deliveries of run_operation cannot make two.
     celery_task_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    # A client's Idempotency-Key: a retried POST with the same key returns this row.
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)  # operation starts
+    # The run that holds the row: "<celery task id>#<attempt>" until the database's clock
+    # passes lease_expires_at (claim time + the hard time limit). Only the holder records.
+    lease_owner = models.CharField(max_length=300, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # How often the stuck-task scan published this row again because its message was lost.
+    republished = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -30,6 +39,13 @@ class TaskRun(models.Model):
 
     class Meta:
         ordering = ("-id",)
+        constraints = [
+            models.UniqueConstraint(fields=["celery_task_id"], name="taskrun_unique_task_id",
+                                    condition=~models.Q(celery_task_id="")),
+            models.UniqueConstraint(fields=["idempotency_key"],
+                                    name="taskrun_unique_idempotency_key",
+                                    condition=~models.Q(idempotency_key="")),
+        ]
 
     def __str__(self) -> str:
         return f"TaskRun {self.pk} {self.operation} {self.status}"

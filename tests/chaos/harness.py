@@ -1,0 +1,192 @@
+"""What every chaos module uses: the TaskRun ledger read through Django's shell in web, Redis
+and worker helpers, and POST through the proxy with the stack's API token.
+
+TaskRun rows are the ledger: status says whether a task finished, attempts counts how many times
+a worker started its operation, so attempts > 1 means it ran twice. Every wait polls against a
+deadline and a failure prints the services' logs.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from contextlib import contextmanager
+
+import requests
+
+from stack import Stack, StackError, wait_for
+
+WORKERS = ["celery", "celery-cpu", "celery-io"]
+SERVICES = ["web", "fastapi", *WORKERS, "beat"]
+VISIBILITY = 20  # CELERY_VISIBILITY_TIMEOUT of the chaos stack (production: 3600)
+SCAN_INTERVAL = 5  # CELERY_STUCK_SCAN_INTERVAL of the chaos stack (production: 60)
+QUEUES = ["trinity.tasks", "trinity.tasks.cpu", "trinity.tasks.io"]
+FINAL = ("SUCCESS", "FAILURE")
+
+
+def report(stack: Stack, services=SERVICES) -> str:
+    return "\n".join(stack.logs(s, tail=40) for s in services)
+
+
+# ---- the ledger: Django shell in the web container, one call per check ----------------------
+def django(stack: Stack, code: str, timeout: float = 90) -> object:
+    """Run `code` in `manage.py shell` of web; it must print one JSON line, returned parsed."""
+    container = stack.container("web")
+    proc = subprocess.run(["docker", "exec", container.id, "python", "manage.py", "shell",
+                           "-c", code], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise StackError(f"django shell failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+ENQUEUE = """
+import json
+from celery import uuid
+from django_tenants.utils import schema_context
+from apps.orchestration.models import TaskRun
+from apps.orchestration.tasks import execute_task
+from config.celery_settings import queue_for_operation
+specs = json.loads({specs!r})
+with schema_context("public"):
+    runs = TaskRun.objects.bulk_create(
+        [TaskRun(operation=op, payload=p, status="QUEUED", celery_task_id=uuid()) for op, p in specs])
+    for run in runs:
+        execute_task.apply_async(args=[run.pk, "public"], task_id=run.celery_task_id,
+                                 queue=queue_for_operation(run.operation))
+print(json.dumps([run.pk for run in runs]))
+"""
+
+LEDGER = """
+import json
+from django.db.models import Q
+from django_tenants.utils import schema_context
+from apps.orchestration.models import TaskRun
+ids, task_ids = json.loads({ids!r}), json.loads({task_ids!r})
+with schema_context("public"):
+    rows = list(TaskRun.objects.filter(Q(pk__in=ids) | Q(celery_task_id__in=task_ids))
+                .values_list("pk", "celery_task_id", "operation", "status", "attempts", "error"))
+print(json.dumps(rows))
+"""
+
+
+def enqueue(stack: Stack, specs: list[tuple[str, object]]) -> list[int]:
+    """Create one TaskRun per (operation, payload) and send execute_task to its queue."""
+    return django(stack, ENQUEUE.format(specs=json.dumps(specs)), timeout=180)
+
+
+class Ledger:
+    """TaskRun rows keyed by id, or by Celery task id for rows a worker creates (FastAPI)."""
+
+    def __init__(self, rows, ids, by_task_id=False):
+        self.rows = {(tid if by_task_id else pk): dict(op=op, status=st, attempts=att, error=err)
+                     for pk, tid, op, st, att, err in rows}
+        self.missing = sorted(set(ids) - set(self.rows))
+
+    def count(self, *statuses) -> int:
+        return sum(r["status"] in statuses for r in self.rows.values())
+
+    @property
+    def final(self) -> int:
+        return self.count(*FINAL)  # a missing row is never final
+
+    @property
+    def twice(self) -> list[int]:
+        return sorted(pk for pk, r in self.rows.items() if r["attempts"] > 1)
+
+    def summary(self) -> str:
+        by = {}
+        for r in self.rows.values():
+            by[r["status"]] = by.get(r["status"], 0) + 1
+        return f"{by}, claimed twice: {len(self.twice)}, missing rows: {len(self.missing)}"
+
+
+def ledger(stack: Stack, ids: list, by_task_id: bool = False) -> Ledger:
+    query = LEDGER.format(ids=json.dumps([] if by_task_id else ids),
+                          task_ids=json.dumps(ids if by_task_id else []))
+    return Ledger(django(stack, query), ids, by_task_id)
+
+
+def wait_final(stack: Stack, ids: list, timeout: float, by_task_id: bool = False) -> Ledger:
+    deadline = time.monotonic() + timeout
+    book = None
+    while True:
+        try:
+            book = ledger(stack, ids, by_task_id)
+        except StackError:  # web's database briefly gone (the Postgres scenario): ask again
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+            continue
+        if book.final == len(ids):
+            return book
+        if time.monotonic() > deadline:
+            raise StackError(f"{len(ids) - book.final} of {len(ids)} TaskRuns not final after "
+                             f"{timeout:.0f}s: {book.summary()}\n{report(stack)}")
+        time.sleep(2)
+
+
+# ---- Redis and worker helpers ----------------------------------------------------------------
+def redis_cli(stack: Stack, *args: str) -> str:
+    code, out = stack.exec("redis", ["redis-admin", *args])
+    assert code == 0, out
+    return out.strip()
+
+
+def queue_lengths(stack: Stack) -> dict[str, int]:
+    return {q: int(redis_cli(stack, "LLEN", q)) for q in QUEUES}
+
+
+def started_at(stack: Stack, service: str) -> str:
+    c = stack.container(service)
+    c.reload()
+    return c.attrs["State"]["StartedAt"]
+
+
+def wait_workers_healthy(stack: Stack, workers=WORKERS, timeout: float = 120) -> None:
+    """Poll the workers' own healthcheck by exec (faster than docker's 10 s interval)."""
+    def ok():
+        return all(healthcheck(stack, w)[0] == 0 for w in workers)
+    wait_for(ok, timeout, interval=1, describe=lambda: report(stack, workers))
+
+
+def healthcheck(stack: Stack, worker: str) -> tuple[int, str]:
+    try:
+        return stack.exec(worker, ["healthcheck-celery"])
+    except StackError as exc:  # container not running (yet)
+        return 1, str(exc)
+
+
+@contextmanager
+def workers_stopped(stack: Stack, workers=WORKERS):
+    stack.compose("stop", "--timeout", "30", *workers)
+    try:
+        yield
+    finally:
+        stack.compose("start", *workers)
+
+
+def post(stack: Stack, url: str, body, timeout: float = 10) -> tuple[requests.Response, float]:
+    """POST through the proxy with the stack's API token (its certificate is self-signed)."""
+    started = time.monotonic()
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    r = requests.post(url, data=data, timeout=timeout, verify=False,
+                      headers={"Content-Type": "application/json",
+                               "Authorization": f"Bearer {stack.token}"})
+    return r, time.monotonic() - started
+
+
+def sigkill_worker(stack: Stack, service: str) -> None:
+    """SIGKILL every process of the worker (as the OOM killer or a crash would); the container
+    then exits and `restart: always` brings it back. (`docker kill` would count as a manual
+    stop: Docker does not restart a container it was told to kill.)"""
+    code, out = stack.exec(service, ["sh", "-c", "kill -KILL -1"])
+    assert code in (0, 137, -1, None) or "Killed" in out, (code, out)
+
+
+def restarted(stack: Stack, service: str, restarts: int) -> bool:
+    found = stack.containers(service)
+    if not found:
+        return False
+    found[0].reload()
+    return found[0].attrs["RestartCount"] > restarts and found[0].status == "running"

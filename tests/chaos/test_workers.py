@@ -1,0 +1,72 @@
+"""Workers killed or stopped mid-work: every task ends SUCCESS, only in-flight ones run twice."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chaos.harness import (VISIBILITY, enqueue, ledger, report, restarted, sigkill_worker,
+                           wait_final, wait_workers_healthy)
+from stack import wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.chaos]
+
+
+# ---- c. SIGKILL of the IO worker mid-task ----------------------------------------------------
+def test_c_sigkilled_worker_task_is_redelivered_and_succeeds(chaos):
+    wait_workers_healthy(chaos, ["celery-io"])
+    ids = enqueue(chaos, [("sleep", {"seconds": 8})] * 3)
+    wait_for(lambda: ledger(chaos, ids).count("RUNNING") == 3, 30, interval=0.5,
+             describe=lambda: ledger(chaos, ids).summary() + report(chaos, ["celery-io"]))
+    restarts = chaos.container("celery-io").attrs["RestartCount"]
+    killed = time.monotonic()
+    sigkill_worker(chaos, "celery-io")
+    wait_for(lambda: restarted(chaos, "celery-io", restarts), 30, interval=1,
+             describe=lambda: report(chaos, ["celery-io"]))
+    book = wait_final(chaos, ids, VISIBILITY + 60)
+    took = time.monotonic() - killed
+    print(f"SIGKILL mid-sleep: enqueued 3, {book.summary()}, final {took:.1f}s after the kill")
+    assert book.count("SUCCESS") == 3, book.summary()
+    assert all(r["attempts"] == 2 for r in book.rows.values()), book.rows  # killed run + rerun
+
+
+# ---- d. docker compose stop of the default worker during a burst ------------------------------
+def test_d_stopping_the_worker_mid_burst_loses_and_repeats_nothing(chaos):
+    wait_workers_healthy(chaos, ["celery"])
+    started = time.monotonic()
+    ids = enqueue(chaos, [("noop", None)] * 500)
+    chaos.compose("stop", "--timeout", "60", "celery")  # warm shutdown, as a deploy does
+    at_stop = ledger(chaos, ids)
+    chaos.compose("start", "celery")
+    book = wait_final(chaos, ids, 120)
+    took = time.monotonic() - started
+    print(f"stop mid-burst: enqueued 500, finished before the stop {at_stop.final}, "
+          f"{book.summary()}, {took:.1f}s")
+    assert at_stop.final < 500, "the worker finished the burst before it was stopped"
+    assert book.count("SUCCESS") == 500, book.summary()
+    assert book.twice == [], book.summary()
+
+
+# ---- h. 1,000 mixed tasks, one worker SIGKILLed in the middle -----------------------------------
+def test_h_thousand_mixed_tasks_one_worker_killed_none_lost(chaos):
+    wait_workers_healthy(chaos)
+    kinds = [("noop", None), ("noop", None), ("primes", {"n": 20000}), ("sleep", {"seconds": 0.2})]
+    specs = [kinds[i % 4] for i in range(1000)]
+    started = time.monotonic()
+    ids = enqueue(chaos, specs)
+    wait_for(lambda: ledger(chaos, ids).final >= 300, 120, interval=1,
+             describe=lambda: ledger(chaos, ids).summary())
+    at_kill = ledger(chaos, ids)
+    restarts = chaos.container("celery").attrs["RestartCount"]
+    sigkill_worker(chaos, "celery")
+    wait_for(lambda: restarted(chaos, "celery", restarts), 30, interval=1,
+             describe=lambda: report(chaos, ["celery"]))
+    book = wait_final(chaos, ids, VISIBILITY + 150)
+    twice_ops = sorted({book.rows[pk]["op"] for pk in book.twice})
+    print(f"1000 mixed, default worker SIGKILLed at {at_kill.final} final: {book.summary()} "
+          f"(twice: {twice_ops}), {time.monotonic() - started:.1f}s")
+    assert book.count("SUCCESS") == 1000, book.summary()
+    assert not book.missing
+    # Only the killed worker's in-flight tasks may run twice, and they are idempotent (noop).
+    assert set(twice_ops) <= {"noop"}, twice_ops
+    assert len(book.twice) <= 4, book.summary()  # concurrency 2 x prefetch 1, plus reserved
