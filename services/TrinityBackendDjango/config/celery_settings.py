@@ -63,6 +63,11 @@ SOCKET_TIMEOUT = 5.0
 SOCKET_CONNECT_TIMEOUT = 2.0
 REDBEAT_KEY_PREFIX = "trinity.redbeat:"  # keys: trinity.redbeat:<entry>, trinity.redbeat::lock
 DEFAULT_STUCK_SCAN_INTERVAL = 60
+# The gateway's acceptance record: written to the broker's Redis once FastAPI has told its client
+# 202 (value: the tenant's schema). A run_operation sent with await_acceptance=True waits up to
+# ACCEPTANCE_WAIT seconds for it and does not run without it, so a 503 is never a phantom.
+GATEWAY_OWNER_KEY_PREFIX = "trinity.gateway.owner:"
+ACCEPTANCE_WAIT = 10
 # Seconds between kombu's sweeps that put a dead worker's unacknowledged messages back.
 UNACKED_RESTORE_INTERVAL = 10
 
