@@ -22,6 +22,8 @@ CELERY_IO_QUEUE            default "<default queue>.io"
 CELERY_WORKER_CONCURRENCY  default os.cpu_count(); integer >= 1
 CELERY_VISIBILITY_TIMEOUT  default 3600 (seconds); integer >= 1
 CELERY_STUCK_SCAN_INTERVAL default 60 (seconds); integer >= 1: period of the beat job
+CELERY_WORKER_LOST_MAX     default 3; integer >= 1: a TaskRun whose worker died this many times
+                           ends FAILURE instead of being started again
 CELERY_WORKER_QUEUES       per worker: queue kinds (default, cpu, io, beat) or names; empty = all
 TRINITY_ENV                "production" refuses placeholder and development secrets at start
 
@@ -63,6 +65,7 @@ SOCKET_TIMEOUT = 5.0
 SOCKET_CONNECT_TIMEOUT = 2.0
 REDBEAT_KEY_PREFIX = "trinity.redbeat:"  # keys: trinity.redbeat:<entry>, trinity.redbeat::lock
 DEFAULT_STUCK_SCAN_INTERVAL = 60
+DEFAULT_WORKER_LOST_MAX = 3
 # The gateway's acceptance record: written to the broker's Redis once FastAPI has told its client
 # 202 (value: the tenant's schema). A run_operation sent with await_acceptance=True waits up to
 # ACCEPTANCE_WAIT seconds for it and does not run without it, so a 503 is never a phantom.
@@ -204,6 +207,14 @@ def refuse_insecure_secrets(environ: Mapping[str, str]) -> None:
             )
 
 
+def time_limits(visibility_timeout: int) -> tuple[int, int | None]:
+    """(hard, soft) time limits in seconds: hard at 90 % of the visibility timeout, soft 5 %
+    before it (at least 1 s, at most 60 s before; none when the hard limit is 1 s)."""
+    hard = max(1, int(visibility_timeout * 0.9))
+    soft = hard - min(60, max(1, hard // 20)) if hard > 1 else None
+    return hard, soft
+
+
 def make_router(queues: Mapping[str, str]):
     """Build the ``task_routes`` function for the given queue names.
 
@@ -257,6 +268,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
     scan_interval = _positive_int(
         environ, "CELERY_STUCK_SCAN_INTERVAL", DEFAULT_STUCK_SCAN_INTERVAL
     )
+    worker_lost_max = _positive_int(environ, "CELERY_WORKER_LOST_MAX", DEFAULT_WORKER_LOST_MAX)
+    hard_limit, soft_limit = time_limits(visibility_timeout)
 
     # Bounded retries for every publish (sleeps 0 + 0.2 + 0.4 s), so .delay() and the enqueue
     # endpoints give up well inside 2 s while Redis is down.
@@ -322,8 +335,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict:
         "broker_connection_max_retries": None,
         # A task still running when the broker link drops will be redelivered: cancel it.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # The hard limit stays under the visibility timeout, so no task outlives it.
-        "task_time_limit": max(1, int(visibility_timeout * 0.9)),
+        # The hard limit stays under the visibility timeout, so no task outlives it. The soft
+        # limit comes first so that the task records its own FAILURE (prefork raises
+        # SoftTimeLimitExceeded in it; pools without signals are timed by the task itself,
+        # apps/orchestration/tasks.py); the hard one kills what ignored it.
+        "task_time_limit": hard_limit,
+        "task_soft_time_limit": soft_limit,
+        # Our own setting (apps/orchestration/ledger.py): a poison task is started this often.
+        "trinity_worker_lost_max": worker_lost_max,
         # Warm shutdown (docker stop): finish for up to 10 s, then requeue what is left.
         # Compose's stop_grace_period must be above this.
         "worker_soft_shutdown_timeout": 10.0,

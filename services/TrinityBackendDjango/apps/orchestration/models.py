@@ -30,6 +30,8 @@ class TaskRun(models.Model):
     # passes lease_expires_at (claim time + the hard time limit). Only the holder records.
     lease_owner = models.CharField(max_length=300, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Deliveries that found the previous run's worker gone (apps/orchestration/ledger.py).
+    worker_lost = models.PositiveIntegerField(default=0)
     # How often the stuck-task scan published this row again because its message was lost.
     republished = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -3,68 +3,81 @@
 execute_task(task_run_id, schema_name)   run a recorded TaskRun in its tenant's schema
 run_operation(operation, payload, schema) record + run in one go (FastAPI publishes this;
                                           it has no database)
-mark_stuck_task_runs()                    beat job: close TaskRuns nobody will finish
+mark_stuck_task_runs()                    beat job: publish again what the broker lost, close
+                                          what nobody will finish (apps/orchestration/backstop.py)
 
-Safe to run twice (late acks redeliver after a worker crash): a TaskRun that already
-has an outcome returns it without running again, and operations are idempotent.
-The schema is always set explicitly: a worker never inherits one from a previous task.
+Safe to deliver twice, even at once: the ledger (apps/orchestration/ledger.py) lets one
+delivery at a time start the operation, a finished TaskRun returns its outcome without running
+again, and operations are idempotent. The schema is always set explicitly: a worker never
+inherits one from a previous task.
 """
 
 import logging
-from datetime import timedelta
+import threading
+import time
 
 from celery import current_app, shared_task
-from celery.result import AsyncResult
-from django.db import InterfaceError, OperationalError, transaction
-from django.utils import timezone
+from celery.exceptions import Ignore
+from celery.signals import worker_process_init
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models.functions import Now
 from django_tenants.utils import schema_context
 
-from apps.orchestration import operations
+from apps.orchestration import backstop, ledger, operations
+from apps.orchestration.ledger import Decision, TaskRunError
 from apps.orchestration.models import TaskRun
-from apps.orchestration.schemas import UnknownSchema, all_schemas, check_schema
-from config.celery_settings import (DEFAULT_VISIBILITY_TIMEOUT, UNACKED_RESTORE_INTERVAL,
-                                    queue_for_operation)
+from apps.orchestration.schemas import UnknownSchema, check_schema
+from config.celery_settings import (ACCEPTANCE_WAIT, DEFAULT_WORKER_LOST_MAX,
+                                    GATEWAY_OWNER_KEY_PREFIX, SOCKET_CONNECT_TIMEOUT,
+                                    SOCKET_TIMEOUT, queue_for_operation)
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status
 
-
-class TaskRunError(Exception):
-    """The TaskRun cannot run: unknown schema or id, or it failed before."""
+__all__ = ["TaskRunError", "execute_task", "run_operation", "mark_stuck_task_runs"]
 
 
-def _now():
-    return timezone.now()
+class TimeLimitReached(Exception):
+    """The operation ran past the soft time limit (raised where the pool cannot signal)."""
 
 
-def _claim(task_run_id: int, schema_name: str, celery_task_id: str | None):
-    """Lock the row and mark it RUNNING; return (run, recorded_outcome_or_None)."""
-    with transaction.atomic():
+# Celery's time limits are signals that only a prefork child receives; the threads pool (and
+# solo) ignore them. There the task times the operation itself (see _run_timed).
+_prefork_child = False
+
+
+@worker_process_init.connect
+def _in_prefork_child(**_):
+    global _prefork_child
+    _prefork_child = True
+
+
+def _run_timed(operation: str, payload, soft_limit: float | None):
+    """Run the operation; where Celery cannot enforce the soft limit, enforce it here.
+
+    The operation runs in a thread of its own that is abandoned at the limit: Python cannot
+    stop a thread, so it finishes in the background, its result dropped (the row is FAILURE by
+    then, and operations are idempotent). Operations on such pools are IO waits (sleep), so an
+    abandoned one holds a thread, not a CPU.
+    """
+    if _prefork_child or not soft_limit:
+        return operations.run(operation, payload)
+    outcome = {}
+
+    def target():
         try:
-            run = TaskRun.objects.select_for_update().get(pk=task_run_id)
-        except TaskRun.DoesNotExist:
-            raise TaskRunError(
-                f"TaskRun {task_run_id} not found in schema {schema_name!r}"
-            ) from None
-        if run.is_final:
-            return run, True
-        # RUNNING here means an earlier delivery died mid-way (redelivered): run it again.
-        run.status = Status.RUNNING
-        run.attempts += 1
-        run.started_at = _now()
-        run.error = ""
-        if celery_task_id:
-            run.celery_task_id = celery_task_id
-        run.save(update_fields=["status", "attempts", "started_at", "error", "celery_task_id",
-                                "updated_at"])
-        return run, False
+            outcome["result"] = operations.run(operation, payload)
+        except BaseException as exc:  # handed to the task's thread below
+            outcome["error"] = exc
 
-
-def _record(run: TaskRun, status: str, result=None, error: str = "") -> None:
-    now = _now()
-    TaskRun.objects.filter(pk=run.pk).update(
-        status=status, result=result, error=error, finished_at=now, updated_at=now
-    )
+    worker = threading.Thread(target=target, name=f"operation-{operation}", daemon=True)
+    worker.start()
+    worker.join(soft_limit)
+    if worker.is_alive():
+        raise TimeLimitReached(f"still running after the soft time limit of {soft_limit:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
 
 
 def _outcome(run: TaskRun, schema_name: str, status: str, result) -> dict:
@@ -72,7 +85,7 @@ def _outcome(run: TaskRun, schema_name: str, status: str, result) -> dict:
             "status": status, "result": result}
 
 
-def _execute(task_run_id, schema_name: str, celery_task_id: str | None) -> dict:
+def _execute(task, task_run_id, schema_name: str) -> dict:
     """Shared body of execute_task and run_operation."""
     try:
         check_schema(schema_name)
@@ -83,21 +96,33 @@ def _execute(task_run_id, schema_name: str, celery_task_id: str | None) -> dict:
     except (TypeError, ValueError):
         raise TaskRunError(f"TaskRun id must be an integer, got {task_run_id!r}") from None
 
+    request, conf = task.request, current_app.conf
     with schema_context(schema_name):
-        run, already_done = _claim(task_run_id, schema_name, celery_task_id)
-        if already_done:
+        claim = ledger.claim(
+            task_run_id, schema_name, request.id,
+            # kombu marks a message it restores from a dead worker's unacked entry
+            redelivered=bool((request.delivery_info or {}).get("redelivered")),
+            retry=bool(request.retries),
+            lease_seconds=conf.task_time_limit or 0,
+            lost_max=conf.get("trinity_worker_lost_max", DEFAULT_WORKER_LOST_MAX))
+        run = claim.run
+        if claim.decision is Decision.BUSY:
+            logger.info("TaskRun %s in %s is running under %s: this delivery does not start it",
+                        run.pk, schema_name, run.lease_owner)
+            raise Ignore()  # no result stored: the holder's outcome is the task's outcome
+        if claim.decision is not Decision.RUN:
             logger.info("TaskRun %s in %s already %s: not run again", run.pk, schema_name,
                         run.status)
             if run.status == Status.FAILURE:
-                raise TaskRunError(f"TaskRun {run.pk} already failed: {run.error}")
+                raise TaskRunError(f"TaskRun {run.pk} failed: {run.error}")
             return _outcome(run, schema_name, run.status, run.result)
         # The operation runs outside the row lock: a long one must not hold a transaction.
         try:
-            result = operations.run(run.operation, run.payload)
-        except Exception as exc:
-            _record(run, Status.FAILURE, error=f"{type(exc).__name__}: {exc}")
+            result = _run_timed(run.operation, run.payload, conf.task_soft_time_limit)
+        except Exception as exc:  # SoftTimeLimitExceeded (prefork) and TimeLimitReached too
+            ledger.record(run, claim.owner, Status.FAILURE, error=f"{type(exc).__name__}: {exc}")
             raise
-        _record(run, Status.SUCCESS, result=result)
+        ledger.record(run, claim.owner, Status.SUCCESS, result=result)
         return _outcome(run, schema_name, Status.SUCCESS, result)
 
 
@@ -114,12 +139,17 @@ ORCHESTRATION = {**DB_RETRY, "track_started": True}
 @shared_task(bind=True, name="apps.orchestration.tasks.execute_task", **ORCHESTRATION)
 def execute_task(self, task_run_id, schema_name="public"):
     """Run TaskRun ``task_run_id`` of ``schema_name`` and record its outcome."""
-    return _execute(task_run_id, schema_name, self.request.id)
+    return _execute(self, task_run_id, schema_name)
 
 
 @shared_task(bind=True, name="apps.orchestration.tasks.run_operation", **ORCHESTRATION)
-def run_operation(self, operation, payload=None, schema_name="public"):
-    """Create a TaskRun (celery_task_id = this task's id) in ``schema_name`` and run it."""
+def run_operation(self, operation, payload=None, schema_name="public", await_acceptance=False):
+    """Create a TaskRun (celery_task_id = this task's id) in ``schema_name`` and run it.
+
+    ``await_acceptance``: the sender (FastAPI) writes its acceptance record only once it has
+    told its client 202; without that record within ACCEPTANCE_WAIT seconds the row ends
+    FAILURE "not accepted" and the operation does not run, so a 503 is never a phantom.
+    """
     queue_for_operation(operation)  # unknown operation: FAILURE with a clear message
     try:
         check_schema(schema_name)
@@ -127,67 +157,63 @@ def run_operation(self, operation, payload=None, schema_name="public"):
         raise TaskRunError(str(exc)) from None
     task_id = self.request.id
     with schema_context(schema_name):
-        if task_id:
-            # A redelivered message finds the row its first delivery created.
-            run, _ = TaskRun.objects.get_or_create(
+        run = _row_for_task(task_id, operation, payload)
+        if await_acceptance and run.status == Status.QUEUED and not _accepted(task_id):
+            reason = (f"not accepted: the gateway did not confirm task {task_id} within "
+                      f"{ACCEPTANCE_WAIT} s (its client was told 503)")
+            TaskRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
+                status=Status.FAILURE, error=reason, finished_at=Now(), updated_at=Now())
+            raise TaskRunError(reason)
+    return _execute(self, run.pk, schema_name)
+
+
+def _row_for_task(task_id, operation, payload) -> TaskRun:
+    """The row of this Celery task id, created on its first delivery (one row per task id,
+    even when two deliveries race: the unique constraint decides)."""
+    if not task_id:
+        return TaskRun.objects.create(operation=operation, payload=payload, status=Status.QUEUED)
+    try:
+        with transaction.atomic():
+            return TaskRun.objects.get_or_create(
                 celery_task_id=task_id,
                 defaults={"operation": operation, "payload": payload, "status": Status.QUEUED},
-            )
-        else:
-            run = TaskRun.objects.create(operation=operation, payload=payload,
-                                         status=Status.QUEUED)
-    return _execute(run.pk, schema_name, task_id)
+            )[0]
+    except IntegrityError:  # the other delivery inserted it first
+        return TaskRun.objects.get(celery_task_id=task_id)
 
 
-def stuck_after() -> timedelta:
-    """How long a RUNNING/QUEUED row may stay so before it is declared stuck.
-
-    Twice the visibility timeout plus one sweep of kombu's unacked index: by then Redis
-    has redelivered the message of a dead worker (which re-claims the row and resets
-    started_at) or never will.
-    """
-    options = current_app.conf.broker_transport_options or {}
-    visibility = int(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
-    sweep = int(options.get("unacked_restore_interval", UNACKED_RESTORE_INTERVAL))
-    return timedelta(seconds=2 * visibility + sweep)
+_redis_clients: dict = {}
 
 
-def _celery_state(task_id: str) -> str | None:
-    try:
-        return AsyncResult(task_id).state
-    except Exception:  # result backend unreachable: decide nothing this round
-        return None
+def _accepted(task_id: str) -> bool:
+    """Poll the gateway's acceptance record for up to ACCEPTANCE_WAIT seconds.
+
+    A Redis error is not an answer: polling goes on, and if the last read still failed the
+    error propagates (the row stays QUEUED for the stuck-task scan) instead of declaring a
+    task unaccepted that its client may have been told 202 for."""
+    import redis
+
+    url = current_app.conf.broker_url
+    client = _redis_clients.get(url) or _redis_clients.setdefault(url, redis.Redis.from_url(
+        url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT))
+    deadline = time.monotonic() + ACCEPTANCE_WAIT
+    while True:
+        try:
+            if client.exists(GATEWAY_OWNER_KEY_PREFIX + task_id):
+                return True
+            error = None
+        except redis.RedisError as exc:
+            error = exc
+        if time.monotonic() > deadline:
+            if error is not None:
+                raise error
+            return False
+        time.sleep(0.1)
 
 
-# Nobody reads the beat job's return value (it logs what it marked): store no result.
+# Nobody reads the beat job's return value (it logs what it did): store no result.
 @shared_task(name="apps.orchestration.tasks.mark_stuck_task_runs", ignore_result=True)
 def mark_stuck_task_runs():
-    """Mark FAILURE the rows nobody will finish, in every schema; return counts per schema."""
-    limit = stuck_after()
-    counts = {}
-    for schema_name in all_schemas():
-        with schema_context(schema_name):
-            now = _now()
-            cutoff = now - limit
-            running = TaskRun.objects.filter(status=Status.RUNNING, started_at__lt=cutoff).update(
-                status=Status.FAILURE, finished_at=now, updated_at=now,
-                error=f"stuck: RUNNING for more than {int(limit.total_seconds())} s "
-                      "(worker lost, message not redelivered)",
-            )
-            queued = 0
-            for run in TaskRun.objects.filter(status=Status.QUEUED, updated_at__lt=cutoff):
-                state = _celery_state(run.celery_task_id) if run.celery_task_id else "PENDING"
-                if state not in ("PENDING", "FAILURE", "REVOKED"):
-                    continue  # Celery knows this task and it is moving, or unknown: leave it
-                # PENDING: unknown to Celery. FAILURE/REVOKED: Celery gave up on it before it
-                # could claim the row (e.g. the database was down for all its retries).
-                known = "unknown to Celery" if state == "PENDING" else f"Celery says {state}"
-                queued += TaskRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
-                    status=Status.FAILURE, finished_at=now, updated_at=now,
-                    error=f"stuck: QUEUED for more than {int(limit.total_seconds())} s "
-                          f"and {known}",
-                )
-        counts[schema_name] = {"running": running, "queued": queued}
-        if running or queued:
-            logger.warning("marked stuck TaskRuns in %s: %s", schema_name, counts[schema_name])
-    return counts
+    """Publish again the TaskRuns whose message the broker lost, and close those nobody will
+    finish, in every schema; return counts per schema."""
+    return backstop.scan(current_app)

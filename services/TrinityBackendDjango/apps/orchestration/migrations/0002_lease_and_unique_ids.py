@@ -25,6 +25,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="taskrun",
+            name="worker_lost",
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name="taskrun",
             name="republished",
             field=models.PositiveIntegerField(default=0),
         ),
