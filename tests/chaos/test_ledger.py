@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chaos.harness import (SCAN_INTERVAL, VISIBILITY, django, ledger, post, queue_lengths,
+from chaos.harness import (SCAN_INTERVAL, VISIBILITY, django, post, queue_lengths,
                            report, wait_final, wait_workers_healthy, workers_stopped)
 from stack import wait_for
 
