@@ -4,10 +4,14 @@ an API token. Shared by the prod and chaos tests; each brings up its own stack w
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+import socket
+import ssl
 import time
 from pathlib import Path
+from typing import Mapping, NamedTuple
 
 import pytest
 import requests
@@ -109,6 +113,49 @@ class Edge:
 
 
 FINGERPRINT = re.compile(r"proxy: TLS certificate \S+ SHA-256 fingerprint ([0-9A-Fa-f:]+)")
+
+# What the proxy adds to every answer, its own (405, 413, 429, 502, redirects) and proxied ones
+# (images/proxy/security-headers.conf). Exactly these values, each once: a header sent twice
+# arrives here joined with ", " and no longer equals its value.
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def wrong_security_headers(headers: Mapping[str, str]) -> dict[str, str | None]:
+    """The security headers missing or different in `headers` (case-insensitive names), with
+    what was received instead; also a Server header that names a version."""
+    lower = {name.lower(): value for name, value in headers.items()}
+    wrong = {name: lower.get(name.lower()) for name, value in SECURITY_HEADERS.items()
+             if lower.get(name.lower()) != value}
+    if re.search(r"\d", lower.get("server", "")):
+        wrong["Server"] = lower["server"]
+    return wrong
+
+
+class Handshake(NamedTuple):
+    alpn: str | None  # the protocol the server chose: "h2" or "http/1.1"
+    version: str  # "TLSv1.3"
+    fingerprint: str  # SHA-256 of the served certificate as the proxy logs it: "AB:CD:..."
+
+
+def tls_handshake(port: int, host: str = "127.0.0.1", server_name: str = "localhost",
+                  timeout: float = 10) -> Handshake:
+    """Connect as a browser would (offering h2 and http/1.1) and report what was served. The
+    certificate is not verified: it is self-signed, and its fingerprint is what callers compare
+    with the one the proxy logged at start."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            digest = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest().upper()
+            return Handshake(tls.selected_alpn_protocol(), tls.version(),
+                             ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
 
 
 def wait_for_token_rejected(edge: Edge, path: str, token: str, timeout: float) -> float:

@@ -7,18 +7,17 @@ hit after), under the tag the production template uses, so the prod stack reuses
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import socket
-import ssl
 import subprocess
 import time
 import uuid
 
 import docker
 import pytest
+from requests.structures import CaseInsensitiveDict
 
+from edge import SECURITY_HEADERS, tls_handshake, wrong_security_headers
 from stack import ROOT, StackError, wait_for
 
 pytestmark = pytest.mark.stack
@@ -179,21 +178,22 @@ def wait_started(container, starts: int) -> str:
     return wait_for(ready, timeout=30, describe=lambda: logs_of(container))
 
 
-def served_certificate(container) -> tuple[str, str, str]:
-    """From the host, over the published port: (ALPN protocol, TLS version, SHA-256 of the
-    certificate served) -- what a browser would see."""
+def published_https_port(container) -> int:
     container.reload()
-    port = int(container.attrs["NetworkSettings"]["Ports"]["8443/tcp"][0]["HostPort"])
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # self-signed; its fingerprint is what we compare
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            der = tls.getpeercert(binary_form=True)
-            digest = hashlib.sha256(der).hexdigest().upper()
-            return (tls.selected_alpn_protocol(), tls.version(),
-                    ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
+    return int(container.attrs["NetworkSettings"]["Ports"]["8443/tcp"][0]["HostPort"])
+
+
+def answer(container, *args: str) -> tuple[int, CaseInsensitiveDict]:
+    """curl inside the proxy's container: (status, headers) of the answer, the body dropped.
+    A header sent twice comes back joined with ", ", as requests joins it."""
+    code, out = curl(container, "--http1.1", "-o", "/dev/null", "-D", "-", *args)
+    assert code == 0, f"curl {args}: {code}: {out}"
+    status_line, *lines = out.replace("\r", "").strip().split("\n")
+    headers = CaseInsensitiveDict()
+    for name, _, value in (line.partition(":") for line in lines):
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return int(status_line.split()[1]), headers
 
 
 def test_the_hardened_proxy_serves_tls_and_http2_without_any_upstream(proxy_env):
@@ -205,9 +205,10 @@ def test_the_hardened_proxy_serves_tls_and_http2_without_any_upstream(proxy_env)
     code, out = curl(proxy, "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
                      "https://127.0.0.1:8443/proxy-healthz")
     assert (code, out) == (0, "2 200"), f"{code}: {out}\n{logs_of(proxy)}"
-    alpn, version, served = served_certificate(proxy)
-    assert alpn == "h2" and version in ("TLSv1.2", "TLSv1.3"), (alpn, version)
-    assert served == fingerprint, "the fingerprint printed at start is not the served certificate"
+    served = tls_handshake(published_https_port(proxy))
+    assert served.alpn == "h2" and served.version in ("TLSv1.2", "TLSv1.3"), served
+    assert served.fingerprint == fingerprint, \
+        "the fingerprint printed at start is not the served certificate"
 
     # Plain HTTP: redirected to HTTPS, the default public port 443 left out of the Location.
     code, out = curl(proxy, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
@@ -224,6 +225,87 @@ def test_the_hardened_proxy_serves_tls_and_http2_without_any_upstream(proxy_env)
     assert time.monotonic() - started < 4, "a missing upstream took too long to answer"
 
 
+def test_the_proxys_own_answers_carry_the_security_headers(proxy_env):
+    """Every answer nginx makes itself, with no upstream at all: the same headers as proxied
+    ones (tests/test_prod.py checks those, and these again, in the full stack)."""
+    proxy = proxy_env()
+    wait_started(proxy, starts=1)
+    https = "https://127.0.0.1:8443"
+    cases = {
+        "healthz": (200, [f"{https}/proxy-healthz"]),
+        "TRACE": (405, ["-X", "TRACE", f"{https}/api/task-runs/"]),
+        # Content-Length alone is judged against PROXY_MAX_BODY before any body is read.
+        "body too large": (413, ["-X", "POST", "-H", "Content-Length: 2000000",
+                                 f"{https}/api/task-runs/"]),
+        "no upstream": (502, [f"{https}/api/task-runs/"]),
+        "http redirect": (301, ["http://127.0.0.1:8080/api/task-runs/"]),
+        "http body too large": (413, ["-X", "POST", "-H", "Content-Length: 2000000",
+                                      "http://127.0.0.1:8080/api/task-runs/"]),
+        "plain http on the https port": (400, ["http://127.0.0.1:8443/"]),
+    }
+    got = {what: answer(proxy, *args) for what, (_, args) in cases.items()}
+    assert {what: status for what, (status, _) in got.items()} == \
+        {what: status for what, (status, _) in cases.items()}, got
+    wrong = {what: bad for what, (_, headers) in got.items()
+             if (bad := wrong_security_headers(headers))}
+    assert wrong == {}, f"answers without the security headers: {wrong}\n{logs_of(proxy)}"
+    assert got["TRACE"][1].get("Allow") == "GET, HEAD, POST", got["TRACE"]
+
+
+def nginx_blocks(text: str) -> list[tuple[str, list[str]]]:
+    """Each block of an nginx config as (its header, its own statements, nested blocks left
+    out). Quotes are respected ('{' in a return body), comments dropped."""
+    blocks, stack, current, quote, comment = [], [("(main)", [])], "", None, False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            current += ch
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            current, quote = current + ch, ch
+        elif ch == "#":
+            comment = True
+        elif ch == "{":
+            stack.append((" ".join(current.split()), []))
+            current = ""
+        elif ch == "}":
+            blocks.append(stack.pop())
+        elif ch == ";":
+            stack[-1][1].append(" ".join(current.split()))
+            current = ""
+        else:
+            current += ch
+    assert len(stack) == 1 and not current.strip(), "unbalanced nginx config"
+    return blocks + [stack[0]]
+
+
+def test_every_block_with_an_add_header_includes_the_security_headers():
+    """nginx: an add_header in a block drops every inherited one. So each server, and each
+    location that adds a header of its own, includes the one file that holds the set; and no
+    security header is set anywhere else."""
+    include = "include /etc/trinity-proxy/security-headers.conf"
+    # The entrypoint's ${PROXY_...} placeholders are not nginx blocks.
+    template = re.sub(r"\$\{(PROXY_\w+)\}", r"\1",
+                      (ROOT / "images/proxy/nginx.conf.template").read_text())
+    missing, elsewhere = [], []
+    for header, statements in nginx_blocks(template):
+        adds = [s for s in statements if s.startswith("add_header ")]
+        needs = header.startswith("server") or adds
+        if needs and include not in statements:
+            missing.append(header)
+        elsewhere += [f"{header}: {s}" for s in adds
+                      if s.split()[1].lower() in {h.lower() for h in SECURITY_HEADERS}]
+    assert missing == [], f"blocks that drop the security headers: {missing}"
+    assert elsewhere == [], f"security headers set outside security-headers.conf: {elsewhere}"
+    servers = [h for h, _ in nginx_blocks(template) if h.startswith("server")]
+    assert len(servers) == 2, servers
+    in_file = (ROOT / "images/proxy/security-headers.conf").read_text()
+    for name, value in SECURITY_HEADERS.items():
+        pattern = rf"^add_header {name} \"?{re.escape(value)}\"? always;$"
+        assert re.search(pattern, in_file, re.M), name
+
+
 def test_the_proxy_keeps_its_generated_certificate_across_restarts(proxy_env):
     proxy = proxy_env()
     first = wait_started(proxy, starts=1)
@@ -238,7 +320,7 @@ def test_the_proxy_keeps_its_generated_certificate_across_restarts(proxy_env):
     proxy.remove(force=True)
     again = proxy_env(PROXY_PUBLIC_HTTPS_PORT="8443")
     assert wait_started(again, starts=1) == first, logs_of(again)
-    assert served_certificate(again)[2] == first
+    assert tls_handshake(published_https_port(again)).fingerprint == first
     code, out = curl(again, "-o", "/dev/null", "-w", "%{redirect_url}",
                      "-H", "Host: trinity.example", "http://127.0.0.1:8080/admin/")
     assert (code, out) == (0, "https://trinity.example:8443/admin/"), f"{code}: {out}"

@@ -3,13 +3,11 @@ outside as the internet sees it: only the proxy answers, over TLS, and only to A
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import http.client
 import json
 import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import time
 
@@ -17,7 +15,8 @@ import pytest
 import requests
 
 from edge import (FINGERPRINT, PROD_FILE, WORKERS, Edge, api_token, create_tenant, env_value,
-                  prod_env, secret_values, up_prod_stack, wait_for_token_rejected)
+                  prod_env, secret_values, tls_handshake, up_prod_stack, wait_for_token_rejected,
+                  wrong_security_headers)
 from stack import ROOT, wait_for
 
 pytestmark = pytest.mark.stack
@@ -82,16 +81,9 @@ def test_tls_with_the_generated_certificate_and_http2(prod):
     """The certificate the proxy serves is the one whose fingerprint it logged at start."""
     logged = FINGERPRINT.findall(prod.container("proxy").logs().decode())
     assert logged, prod.logs("proxy")
-    port = int(env_value(prod.env_path, "PROXY_HTTPS_PORT"))
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            der, alpn, version = tls.getpeercert(binary_form=True), tls.selected_alpn_protocol(), tls.version()
-    served = hashlib.sha256(der).hexdigest()
-    assert served == logged[-1].replace(":", "").lower(), (served, logged)
-    assert alpn == "h2" and version in ("TLSv1.2", "TLSv1.3"), (alpn, version)
+    served = tls_handshake(int(env_value(prod.env_path, "PROXY_HTTPS_PORT")))
+    assert served.fingerprint == logged[-1].upper(), (served, logged)
+    assert served.alpn == "h2" and served.version in ("TLSv1.2", "TLSv1.3"), served
 
 
 def test_http_redirects_to_https(prod):
@@ -100,12 +92,64 @@ def test_http_redirects_to_https(prod):
     assert r.headers["Location"] == f"{prod.edge.https}/api/task-runs/?x=1", r.headers
 
 
-def test_security_headers_on_every_answer(prod):
+def assert_security_headers(r: requests.Response, what: str) -> None:
+    """HSTS, nosniff, frame DENY, no-referrer, each exactly once; no version in Server."""
+    wrong = wrong_security_headers(r.headers)
+    assert not wrong, f"{what} ({r.status_code}): wrong or missing {wrong}; {dict(r.headers)}"
+
+
+def test_security_headers_on_every_proxied_answer(prod):
+    """Django and FastAPI set some of these themselves: the proxy hides theirs, sends its own."""
     for path in ["/livez", "/gateway/livez", "/api/task-runs/"]:
-        r = prod.edge.get(path)
-        assert r.headers.get("Strict-Transport-Security", "").startswith("max-age="), (path, r.headers)
-        assert r.headers.get("X-Content-Type-Options") == "nosniff", (path, r.headers)
-        assert "Server" not in r.headers or not re.search(r"\d", r.headers["Server"]), r.headers
+        assert_security_headers(prod.edge.get(path), path)
+
+
+def announced_body(port: int, length: int) -> requests.Response:
+    """A POST that announces `length` bytes and sends none: nginx judges Content-Length before
+    it reads a byte (no broken pipe while a large body is still being sent)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", "/api/task-runs/")
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        raw = conn.getresponse()
+        r = requests.Response()
+        r.status_code, r._content = raw.status, raw.read()
+        for name in set(raw.headers.keys()):  # a header sent twice stays visible, ", "-joined
+            r.headers[name] = ", ".join(raw.headers.get_all(name))
+        return r
+    finally:
+        conn.close()
+
+
+def own_answer(prod, what: str) -> requests.Response:
+    """An answer that nginx makes itself, never an upstream."""
+    if what == "405":  # TRACE is refused by nginx everywhere
+        return prod.edge.request("TRACE", "/api/task-runs/")
+    if what == "502":  # flower is a profile: not started, its name does not resolve
+        assert not prod.containers("flower"), "flower runs: /flower/ would not be nginx's 502"
+        return prod.edge.get("/flower/")
+    if what == "healthz":
+        return prod.edge.get("/proxy-healthz")
+    if what == "http 301":
+        return requests.get(prod.edge.http + "/admin/", allow_redirects=False, timeout=10)
+    if what == "http 413":  # the HTTP port refuses an oversized body too, before redirecting
+        return announced_body(int(env_value(prod.env_path, "PROXY_HTTP_PORT")), 2_000_000)
+    if what == "400 plain http on the https port":
+        return requests.get(prod.edge.https.replace("https:", "http:") + "/", timeout=10)
+    raise ValueError(what)
+
+
+@pytest.mark.parametrize("what,status", [
+    ("405", 405), ("502", 502), ("healthz", 200), ("http 301", 301), ("http 413", 413),
+    ("400 plain http on the https port", 400)])
+def test_the_proxys_own_answers_carry_the_security_headers(prod, what, status):
+    """413 (body) and 429 (rate) are checked in their own tests below."""
+    r = own_answer(prod, what)
+    assert r.status_code == status, (what, r.status_code, r.text[:300])
+    assert_security_headers(r, what)
+    if what == "405":
+        assert r.headers.get("Allow") == "GET, HEAD, POST", r.headers
 
 
 # ---- who can do what ------------------------------------------------------------------------
@@ -154,6 +198,9 @@ def test_a_body_over_the_limit_gets_413(prod, tokens, path):
     r = calm(prod.edge.post, path, tokens["public"], data=body,
              headers={"Content-Type": "application/json"})
     assert r.status_code == 413, (r.status_code, r.text[:300])
+    # Above PROXY_MAX_BODY (1m, as API_MAX_BODY_BYTES): nginx's own 413, not the app's.
+    assert r.json() == {"error": "request body too large", "detail": "request body too large"}
+    assert_security_headers(r, f"413 at {path}")
 
 
 @pytest.mark.parametrize("path", ["/api/task-runs/", "/gateway/tasks"])
@@ -166,10 +213,11 @@ def test_a_body_that_is_not_json_gets_415(prod, tokens, path):
 def test_past_the_rate_of_a_token_the_proxy_answers_429(prod, tokens):
     """The limit is per token: a flood with one token leaves another token's requests alone."""
     flooder = api_token(prod, "public", "flooder")
-    statuses = [prod.edge.get("/api/task-runs/999999/", flooder).status_code
-                for _ in range(6 * RATE)]
+    answers = [prod.edge.get("/api/task-runs/999999/", flooder) for _ in range(6 * RATE)]
+    statuses = [r.status_code for r in answers]
     assert 429 in statuses, statuses
     assert statuses[0] == 404, statuses
+    assert_security_headers(answers[statuses.index(429)], "429")
     assert calm(prod.edge.get, "/api/task-runs/999999/", tokens["acme"]).status_code == 404
 
 
