@@ -54,17 +54,24 @@ from celery import uuid
 from apps.orchestration.tasks import run_operation
 task_id = uuid()
 for _ in range(2):
-    run_operation.apply_async(args=["sleep", {{"seconds": 3}}, "public"], task_id=task_id,
+    run_operation.apply_async(args=["sleep", {"seconds": 3}, "public"], task_id=task_id,
                               queue="trinity.tasks.io")
 print(json.dumps(task_id))
 """
 
-# SIGKILL every pool process of the worker (children of its PID 1), as the OOM killer would.
-KILL_POOL = ("import os\n"
-             "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-             "    stat = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()\n"
-             "    if stat[1] == '1':\n"
-             "        os.kill(int(pid), 9)\n")
+# SIGKILL every pool process of the worker, as the OOM killer would kill the one that runs the
+# task: the children of the Celery main process (PID 1 is docker's init, whose child is celery).
+KILL_POOL = """
+import os
+parent = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    with open(f"/proc/{pid}/stat") as stat:
+        parent[int(pid)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+main = [pid for pid, ppid in parent.items() if ppid == 1]
+for pid, ppid in parent.items():
+    if ppid in main:
+        os.kill(pid, 9)
+"""
 
 
 def make(stack, specs) -> list[int]:
@@ -157,9 +164,9 @@ def test_every_pool_enforces_the_time_limit(chaos):
     task itself at the soft limit (hard limit: 90 % of the visibility timeout)."""
     wait_workers_healthy(chaos, ["celery-io", "celery-cpu"])
     hard = int(VISIBILITY * 0.9)
-    started = time.monotonic()
     ids = make(chaos, [{"op": "sleep", "payload": {"seconds": 60}, "queue": q}
                        for q in ("trinity.tasks.io", "trinity.tasks.cpu")])
+    started = time.monotonic()
     book = wait_final(chaos, ids, hard + 30)
     took = time.monotonic() - started
     seen = rows(chaos, ids)
