@@ -68,7 +68,8 @@ def test_redis_cut_off_the_network_while_io_tasks_run(chaos):
 def test_redis_restarted_with_unacknowledged_tasks_in_flight(chaos):
     wait_workers_healthy(chaos)
     lives = worker_lives(chaos)
-    ids = enqueue(chaos, [("sleep", {"seconds": 6})] * 4)
+    # Long enough to outlast a ledger poll on a loaded host (a 6 s sleep ended unseen).
+    ids = enqueue(chaos, [("sleep", {"seconds": 12})] * 4)
     _running(chaos, ids, 4)
     assert int(redis_cli(chaos, "HLEN", "unacked")) >= 4  # in flight, persisted in Redis
     since = time.time()
