@@ -190,3 +190,66 @@ def restarted(stack: Stack, service: str, restarts: int) -> bool:
         return False
     found[0].reload()
     return found[0].attrs["RestartCount"] > restarts and found[0].status == "running"
+
+
+# ---- broker and beat faults (test_broker.py, test_beat.py) -----------------------------------
+UNACKED_RESTORE_INTERVAL = 10  # config/celery_settings.py: kombu's sweep of the unacked index
+REDBEAT_LOCK_TIMEOUT = 30  # celery_settings: redbeat_lock_timeout
+BEAT_MAX_LOOP = 5  # celery_settings: beat_max_loop_interval (beat renews its lock this often)
+GUARD_SKIP = "broker connection already closed: skipped"  # config/kombu_fixes.py's warning
+CANCELLED = "cannot be acknowledged after a connection loss"  # Celery's cancel-on-loss warning
+
+
+def worker_lives(stack: Stack, workers=WORKERS) -> dict[str, tuple[int, str]]:
+    """(RestartCount, StartedAt) per worker: equal before and after means it never restarted."""
+    lives = {}
+    for w in workers:
+        c = stack.container(w)
+        c.reload()
+        lives[w] = (c.attrs["RestartCount"], c.attrs["State"]["StartedAt"])
+    return lives
+
+
+def service_logs(stack: Stack, services, since: float) -> str:
+    """Every container's log of `services` since the epoch second `since` (all replicas)."""
+    return "".join(c.logs(since=int(since)).decode(errors="replace")
+                   for s in services for c in stack.containers(s, all=True))
+
+
+@contextmanager
+def redis_cut_off(stack: Stack):
+    """Redis's container off the stack's network (no RST: peers see silence, as with a
+    network partition), then back under its service name."""
+    redis = stack.container("redis")
+    network = stack.client.networks.get(f"{stack.project}_default")
+    network.disconnect(redis)
+    try:
+        yield
+    finally:
+        network.connect(redis, aliases=["redis"])
+
+
+def unacked_on(stack: Stack, queue: str) -> int:
+    """Messages of `queue` delivered to a worker and not yet acknowledged (kombu's `unacked`
+    hash: field = delivery tag, value = JSON [message, exchange, routing key])."""
+    out = redis_cli(stack, "--raw", "HVALS", "unacked")
+    return sum(line.rstrip().endswith(f'"{queue}"]') for line in out.splitlines())
+
+
+DUPLICATE_TASK_IDS = """
+import json
+from django.db.models import Count
+from django_tenants.utils import schema_context
+from apps.orchestration.models import TaskRun
+ids = json.loads({ids!r})
+with schema_context("public"):
+    task_ids = TaskRun.objects.filter(pk__in=ids).values_list("celery_task_id", flat=True)
+    dup = (TaskRun.objects.filter(celery_task_id__in=list(task_ids)).values("celery_task_id")
+           .annotate(n=Count("id")).filter(n__gt=1))
+print(json.dumps([d["celery_task_id"] for d in dup]))
+"""
+
+
+def duplicate_task_ids(stack: Stack, ids: list[int]) -> list[str]:
+    """Celery task ids of `ids` that more than one TaskRun row carries (must be none)."""
+    return django(stack, DUPLICATE_TASK_IDS.format(ids=json.dumps(ids)))

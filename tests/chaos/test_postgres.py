@@ -7,8 +7,8 @@ import time
 import pytest
 import requests
 
-from chaos.harness import (SCAN_INTERVAL, VISIBILITY, enqueue, ledger, post, wait_final,
-                           wait_workers_healthy)
+from chaos.harness import (SCAN_INTERVAL, VISIBILITY, WORKERS, enqueue, ledger, post,
+                           service_logs, wait_final, wait_workers_healthy)
 from stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
@@ -41,7 +41,7 @@ def test_g_postgres_restart_leaves_no_task_running_forever(chaos):
     poster.start()
     try:
         time.sleep(1)
-        started = time.monotonic()
+        since, started = time.time(), time.monotonic()
         chaos.compose("restart", "--no-deps", "postgres")
         time.sleep(2)
     finally:
@@ -51,10 +51,15 @@ def test_g_postgres_restart_leaves_no_task_running_forever(chaos):
     book = wait_final(chaos, ids, 2 * VISIBILITY + 10 + SCAN_INTERVAL + 60)
     api = wait_final(chaos, task_ids, 2 * VISIBILITY + 10 + SCAN_INTERVAL + 60, by_task_id=True)
     rows = {**book.rows, **api.rows}
+    # Proof that the outage reached a task: a database retry in a worker's log (execute_task's
+    # autoretry on OperationalError/InterfaceError), or a row whose operation started twice.
+    retries = service_logs(chaos, WORKERS, since).count("retry: Retry in")
     failed = {k: r for k, r in rows.items() if r["status"] == "FAILURE"}
     print(f"Postgres restart: 10 sleeps enqueued, {book.summary()}; {len(task_ids)} FastAPI "
           f"noops, {api.summary()}; all final {time.monotonic() - started:.1f}s after the "
-          f"restart; errors: {sorted({r['error'][:80] for r in failed.values()})}")
+          f"restart; {retries} database retries logged; "
+          f"errors: {sorted({r['error'][:80] for r in failed.values()})}")
+    assert retries or book.twice or api.twice, "no task met the outage: the test proved nothing"
     assert len(task_ids) >= 20, task_ids
     assert all(r["error"] for r in failed.values()), failed
     assert not api.missing
