@@ -178,6 +178,8 @@ TENANT_LIMIT_SET_CALLS = True
 # the caller's token (apps/tenants/tokens.py), so it answers without Domain rows per host name.
 
 MIDDLEWARE = [
+    # A database error in any view answers 503 with a reason, not 500 (config/middleware.py).
+    "config.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

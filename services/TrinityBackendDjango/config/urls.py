@@ -12,3 +12,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("livez", views.livez, name="livez"),
 ]
+
+# A database error raised outside a view (by a middleware) answers 503 too.
+handler500 = "config.middleware.server_error"

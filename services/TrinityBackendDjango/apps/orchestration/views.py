@@ -10,32 +10,26 @@ import logging
 from celery.result import AsyncResult
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError, connection
+from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tenants.utils import schema_context
 
 from apps.orchestration.models import TaskRun
-from apps.orchestration.services import BrokerUnavailable, submit_task_run
+from apps.orchestration.services import BrokerUnavailable, IdempotencyConflict, submit_task_run
 from apps.tenants.tokens import bearer_token, tenant_for
 from config.celery_settings import UnknownOperation, broker_ping, queue_for_operation
+from config.payloads import MAX_DEPTH, check_storable
 
 logger = logging.getLogger(__name__)
 
 FINAL_CELERY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-# Postgres down or the connection lost: the request may succeed later, so 503, never 500.
-DATABASE_ERRORS = (OperationalError, InterfaceError)
+IDEMPOTENCY_KEY_MAX = 255  # TaskRun.idempotency_key's length
 
 
 def _error(status: int, reason: str) -> JsonResponse:
     return JsonResponse({"error": reason}, status=status)
-
-
-def _database_unavailable(exc: Exception) -> JsonResponse:
-    # The driver's text names hosts and roles: it goes to the log, not to the caller.
-    logger.warning("database unavailable: %s", " ".join(str(exc).split()) or type(exc).__name__)
-    return _error(503, "database unavailable, try again later")
 
 
 def _authenticate(request) -> str | JsonResponse:
@@ -46,10 +40,8 @@ def _authenticate(request) -> str | JsonResponse:
     elif bearer_token(header) is None:
         reason = "malformed Authorization header: expected Bearer <token>"
     else:
-        try:
-            schema_name = tenant_for(header)
-        except DATABASE_ERRORS as exc:
-            return _database_unavailable(exc)
+        # A database error here (as anywhere in a view) is config/middleware.py's 503.
+        schema_name = tenant_for(header)
         if schema_name is not None:
             return schema_name
         reason = "unknown or revoked token"
@@ -80,6 +72,8 @@ def _read_json_body(request) -> dict | JsonResponse:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, f"body is not valid JSON: {exc}")
+    except RecursionError:  # the parser recurses per level: thousands of levels exhaust it
+        return _error(400, f"body nests too deeply: payload may nest {MAX_DEPTH} levels at most")
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object")
     return body
@@ -93,33 +87,43 @@ def _read_json_body(request) -> dict | JsonResponse:
 @require_http_methods(["POST"])
 def task_runs(request):
     """POST {"operation", "payload"} -> 201 {"id", "celery_task_id", "status", "queue", "schema"},
-    in the token's schema."""
+    in the token's schema. With an Idempotency-Key header, a repeat of the same request answers
+    200 with the same TaskRun (not published again); the key with another body answers 422."""
     schema_name = _authenticate(request)
     if isinstance(schema_name, JsonResponse):
         return schema_name
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
+        return _error(400, f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters, "
+                           f"got {len(key)}")
     body = _read_json_body(request)
     if isinstance(body, JsonResponse):
         return body
     unknown = set(body) - {"operation", "payload"}
     if unknown:
         return _error(400, f"unknown fields: {', '.join(sorted(unknown))}")
-    operation = body.get("operation")
+    operation, payload = body.get("operation"), body.get("payload")
     try:
         queue_for_operation(operation)
     except UnknownOperation as exc:
         return _error(400, str(exc))
+    try:
+        check_storable(payload)  # what Postgres's jsonb would refuse, refused here by name
+    except ValueError as exc:
+        return _error(400, f"payload: {exc}")
 
     try:
-        run, queue = submit_task_run(operation, body.get("payload"), schema_name)
+        submitted = submit_task_run(operation, payload, schema_name, key or "")
+    except IdempotencyConflict as exc:
+        return _error(422, str(exc))
     except BrokerUnavailable as exc:
-        # The row stays, as FAILURE with this reason: the attempt is on record.
+        # True: the row is FAILURE with this reason and no worker will run it.
         return JsonResponse({"error": str(exc), "id": exc.task_run_id}, status=503)
-    except DATABASE_ERRORS as exc:
-        return _database_unavailable(exc)
+    run = submitted.run
     return JsonResponse(
         {"id": run.pk, "celery_task_id": run.celery_task_id, "status": run.status,
-         "queue": queue, "schema": schema_name},
-        status=201,
+         "queue": submitted.queue, "schema": schema_name},
+        status=201 if submitted.created else 200,
     )
 
 
@@ -145,11 +149,8 @@ def task_run_detail(request, pk: int):
     schema_name = _authenticate(request)
     if isinstance(schema_name, JsonResponse):
         return schema_name
-    try:
-        with schema_context(schema_name):
-            run = TaskRun.objects.filter(pk=pk).first()
-    except DATABASE_ERRORS as exc:
-        return _database_unavailable(exc)
+    with schema_context(schema_name):
+        run = TaskRun.objects.filter(pk=pk).first()
     if run is None:
         return _error(404, f"TaskRun {pk} not found")
     return JsonResponse({**run.as_dict(), "schema": schema_name,
