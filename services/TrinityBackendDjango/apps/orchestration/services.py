@@ -24,9 +24,11 @@ from config.celery_settings import broker_error_reason, queue_for_operation
 logger = logging.getLogger(__name__)
 
 # kombu publishes with blocking sockets: against a hung Redis its retries x socket timeouts take
-# ~20 s. Publishing runs in these threads instead and the caller waits PUBLISH_TIMEOUT at most.
-# A publish still waiting for a thread at its deadline is cancelled, so never sent.
-PUBLISH_TIMEOUT = 3.0
+# ~20 s. Publishing runs in these threads instead and the caller waits PUBLISH_TIMEOUT at most,
+# so a POST answers within 5 s even on a busy host. (A refused connection ends kombu's bounded
+# retries in under 1 s, with Redis's own reason.) A publish still waiting for a thread at its
+# deadline is cancelled, so never sent.
+PUBLISH_TIMEOUT = 2.5
 _publisher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="publish")
 
 
