@@ -20,6 +20,7 @@ WORKERS = ["celery", "celery-cpu", "celery-io"]
 SERVICES = ["web", "fastapi", *WORKERS, "beat"]
 VISIBILITY = 20  # CELERY_VISIBILITY_TIMEOUT of the chaos stack (production: 3600)
 SCAN_INTERVAL = 5  # CELERY_STUCK_SCAN_INTERVAL of the chaos stack (production: 60)
+QUEUED_GRACE = 30  # apps/orchestration/backstop.py: a QUEUED row's age before the scan looks
 QUEUES = ["trinity.tasks", "trinity.tasks.cpu", "trinity.tasks.io"]
 FINAL = ("SUCCESS", "FAILURE")
 
@@ -253,3 +254,18 @@ print(json.dumps([d["celery_task_id"] for d in dup]))
 def duplicate_task_ids(stack: Stack, ids: list[int]) -> list[str]:
     """Celery task ids of `ids` that more than one TaskRun row carries (must be none)."""
     return django(stack, DUPLICATE_TASK_IDS.format(ids=json.dumps(ids)))
+
+
+REPUBLISHED = """
+import json
+from django_tenants.utils import schema_context
+from apps.orchestration.models import TaskRun
+with schema_context("public"):
+    print(json.dumps(dict(TaskRun.objects.filter(pk__in=json.loads({ids!r}), republished__gt=0)
+                          .values_list("pk", "republished"))))
+"""
+
+
+def republished(stack: Stack, ids: list[int]) -> dict:
+    """TaskRun id -> how often the stuck-task scan published it again (only those > 0)."""
+    return django(stack, REPUBLISHED.format(ids=json.dumps(ids)))

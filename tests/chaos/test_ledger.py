@@ -8,13 +8,11 @@ import time
 
 import pytest
 
-from chaos.harness import (SCAN_INTERVAL, VISIBILITY, django, post, queue_lengths,
+from chaos.harness import (QUEUED_GRACE, SCAN_INTERVAL, VISIBILITY, django, post, queue_lengths,
                            report, wait_final, wait_workers_healthy, workers_stopped)
 from stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
-
-QUEUED_GRACE = 30  # apps/orchestration/backstop.py
 
 # Rows made as a shell user would: `send` publishes execute_task to `queue` that many times
 # (0: the message is "lost", as if Redis lost it), each under its own task id unless `task_id`.
