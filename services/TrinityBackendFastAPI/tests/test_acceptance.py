@@ -211,6 +211,37 @@ def test_a_503_at_the_deadline_frees_the_key_once_the_publish_ends(api, redis, s
     wait(lambda: claim_of(redis, "public", idem) is None)  # ...and frees it when it ends
 
 
+def test_a_claim_sent_twice_finds_itself(api, redis, send_task, monkeypatch):
+    """A retried SET NX GET (the reply of the first was lost while Redis hung) answers this
+    request's own claim: that is no repeat."""
+    real_claim = owners.claim
+
+    def twice(*args):
+        real_claim(*args)
+        return real_claim(*args)
+
+    monkeypatch.setattr(owners, "claim", twice)
+    idem = key()
+    response = post(api, idem=idem)
+    assert response.status_code == 202, response.text
+    assert claim_of(redis, "public", idem)["task_id"] == response.json()["task_id"]
+
+
+def test_a_failed_claim_is_freed(api, redis, send_task, monkeypatch):
+    """The claim's SET landed but its reply was lost (an error here): freed all the same."""
+    real_claim = owners.claim
+
+    def lost_reply(*args):
+        real_claim(*args)
+        raise TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(owners, "claim", lost_reply)
+    idem = key()
+    assert post(api, idem=idem).status_code == 503
+    assert claim_of(redis, "public", idem) is None
+    send_task.assert_not_called()
+
+
 def test_release_keeps_a_claim_whose_task_was_accepted(redis):
     idem = key()
     assert owners.claim("public", idem, "t1", "h") is None

@@ -161,12 +161,15 @@ def _publish(handoff: Handoff, request: TaskRequest, schema: str, queue: str,
     the client gets (the first request's, for a repeat), None when the handler gave up."""
     if handoff.given_up:  # the executor started this late: the client has its 503
         return None
-    task_id, accepted = str(uuid.uuid4()), False
-    if key is not None:
-        held = owners.claim(schema, key, task_id, request.digest())
-        if held is not None:
-            return _repeat(held, request.digest())
+    task_id, accepted, repeat = str(uuid.uuid4()), False, False
     try:
+        if key is not None:
+            held = owners.claim(schema, key, task_id, request.digest())
+            # redis-py sends a command again after a timeout; when Redis (hung, then back)
+            # ran both, the second finds this request's own claim.
+            if held is not None and held["task_id"] != task_id:
+                repeat = True
+                return _repeat(held, request.digest())
         if handoff.given_up:
             return None
         celery_app.send_task(RUN_OPERATION, args=[request.operation, request.payload, schema],
@@ -177,7 +180,8 @@ def _publish(handoff: Handoff, request: TaskRequest, schema: str, queue: str,
         accepted = True
         return task_id
     finally:
-        if key is not None and not accepted:
+        # Not accepted: free the key (also when the claim failed: its SET may have landed).
+        if key is not None and not accepted and not repeat:
             try:
                 owners.release(schema, key, task_id)
             except Exception as exc:  # Redis still away: the claim expires on its own
