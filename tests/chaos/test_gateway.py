@@ -22,6 +22,7 @@ PAUSE = 6.0  # long enough for two rounds of 503s per client
 # Every row whose payload carries this run's marker: rows of 503'd requests have no task id
 # the test knows, so requests are told apart by the "n" in their payload.
 MARKED = """
+import json
 from django_tenants.utils import schema_context
 from apps.orchestration.models import TaskRun
 with schema_context("public"):
@@ -134,6 +135,9 @@ def test_hung_redis_answers_within_budget_and_a_503_never_runs(chaos):
           f"{max(a['took'] for a in in_pause):.2f}s, first 202 "
           f"{recovered - resumed:.2f}s after unpause; with a key: {refused['status']} "
           f"in {refused['took']:.2f}s, retry {retried['status']}")
+    for a in sorted(answers, key=lambda a: a["at"] - a["took"]):
+        print(f"  sent {a['at'] - a['took'] - paused:+6.2f}s from the pause: {a['status']} "
+              f"in {a['took']:.2f}s {a['error'] or ''}")
     assert set(codes) <= {202, 503}, codes
     assert codes.get(503) and codes.get(202), codes
     assert slowest < BUDGET and refused["took"] < BUDGET, slowest

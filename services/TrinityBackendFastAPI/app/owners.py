@@ -1,8 +1,9 @@
 """The gateway's records in the broker's Redis, kept 24 h (as long as a task's result).
 
 ``trinity.gateway.owner:<task_id>`` = schema: the acceptance record. Written only once the task
-is published and before the client is told 202; a worker runs the task only once it exists
-(``await_acceptance``), and GET /tasks/{id} answers 404 to any other tenant.
+is published and before the client is told 202, and only while the client still waits; a
+worker runs the task only once it exists (``await_acceptance``), and GET /tasks/{id} answers
+404 to any other tenant.
 
 ``trinity.gateway.idem:<schema>:<key>`` = {"task_id", "body"}: an Idempotency-Key's claim. Taken
 with SET NX before publishing, it lives a minute until its task is accepted (so a claim whose
@@ -69,13 +70,19 @@ def release(schema: str, key: str, task_id: str) -> None:
     _client().transaction(drop, name, owner)
 
 
-def accept(task_id: str, schema: str, idem_key: str | None = None) -> None:
-    """Write the acceptance record (and keep the Idempotency-Key's claim as long), atomically."""
+def accept(task_id: str, schema: str, idem_key: str | None, deadline: float) -> bool:
+    """Write the acceptance record (and keep the Idempotency-Key's claim as long), atomically,
+    if Redis runs the write before ``deadline`` (a wall-clock time): True if it did.
+
+    The record is first set to expire at the deadline, then given its 24 h: a write that Redis
+    runs too late (it hung, and the client has had its 503) sets a key that is already gone,
+    so no worker runs that task."""
     pipe = _client().pipeline(transaction=True)
-    pipe.set(KEY_PREFIX + task_id, schema, ex=TTL_SECONDS)
+    pipe.set(KEY_PREFIX + task_id, schema, pxat=int(deadline * 1000))
+    pipe.expire(KEY_PREFIX + task_id, TTL_SECONDS)  # false when the key is already gone
     if idem_key is not None:
         pipe.expire(_idem_key(schema, idem_key), TTL_SECONDS)
-    pipe.execute()
+    return bool(pipe.execute()[1])
 
 
 def owner_of(task_id: str) -> str | None:

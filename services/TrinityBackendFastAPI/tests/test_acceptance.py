@@ -44,6 +44,7 @@ def send_task():
 def short_deadlines(monkeypatch):
     monkeypatch.setattr(tasks, "PUBLISH_TIMEOUT", 0.3)
     monkeypatch.setattr(tasks, "ACCEPT_TIMEOUT", 0.8)
+    monkeypatch.setattr(tasks, "REPLY_MARGIN", 0.1)
 
 
 def key() -> str:
@@ -116,7 +117,7 @@ def test_a_record_write_under_way_at_the_deadline_is_waited_for(api, redis, send
 
     def slow_accept(*args):
         time.sleep(0.4)  # begun before the 0.3 s publish deadline, ends after it
-        real_accept(*args)
+        return real_accept(*args)
 
     monkeypatch.setattr(owners, "accept", slow_accept)
     started = time.monotonic()
@@ -140,6 +141,23 @@ def test_a_record_write_past_the_whole_budget_is_503_within_it(api, send_task, s
     assert not written.is_set(), "the answer waited past its budget"
     assert response.status_code == 503
     assert response.json()["error"] == "broker unavailable: no answer within 0.8 s"
+
+
+def test_a_record_that_reaches_redis_after_its_deadline_is_not_written(api, redis, send_task,
+                                                                        monkeypatch):
+    """Redis ran the write too late (it hung): the record is gone at once, and the answer is
+    a 503, never a 202 for a task no worker will run."""
+    monkeypatch.setattr(tasks, "REPLY_MARGIN", tasks.ACCEPT_TIMEOUT + 1)  # deadline passed
+    response = post(api)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == (
+        "broker unavailable: Redis took the acceptance record too late")
+    task_id = send_task.call_args.kwargs["task_id"]
+    assert not accepted(redis, task_id)
+    assert owners.accept(task_id, "public", None, time.time() - 1) is False
+    assert not accepted(redis, task_id)
+    assert owners.accept(task_id, "public", None, time.time() + 1) is True
+    assert 86000 < redis.ttl(GATEWAY_OWNER_KEY_PREFIX + task_id) <= 86400
 
 
 def test_handoff_decides_once():
@@ -245,7 +263,7 @@ def test_a_failed_claim_is_freed(api, redis, send_task, monkeypatch):
 def test_release_keeps_a_claim_whose_task_was_accepted(redis):
     idem = key()
     assert owners.claim("public", idem, "t1", "h") is None
-    owners.accept("t1", "public", idem)
+    assert owners.accept("t1", "public", idem, time.time() + 5)
     owners.release("public", idem, "t1")
     assert claim_of(redis, "public", idem) == {"task_id": "t1", "body": "h"}
     owners.release("public", idem, "another-task")

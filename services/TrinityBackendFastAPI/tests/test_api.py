@@ -32,8 +32,11 @@ def owner_keys(monkeypatch):
     """trinity.gateway.owner:<id> keys (acceptance records), in a dict instead of Redis. The
     real ones, and Idempotency-Key claims, are tested against Redis in test_acceptance.py."""
     keys = {}
-    monkeypatch.setattr(owners, "accept",
-                        lambda task_id, schema, idem_key=None: keys.__setitem__(task_id, schema))
+    def accept(task_id, schema, idem_key, deadline):
+        keys[task_id] = schema
+        return True
+
+    monkeypatch.setattr(owners, "accept", accept)
     monkeypatch.setattr(owners, "owner_of", lambda task_id: keys.get(task_id))
     return keys
 
@@ -272,7 +275,7 @@ def test_redis_out_of_memory_is_503_with_its_reason(send_task):
 
 def test_redis_out_of_memory_on_the_acceptance_record_is_503_too(send_task, monkeypatch):
     """Published, but not accepted: the worker will record the message FAILURE unrun."""
-    def refuse(task_id, schema, idem_key=None):
+    def refuse(task_id, schema, idem_key, deadline):
         raise _oom_error()
 
     monkeypatch.setattr(owners, "accept", refuse)

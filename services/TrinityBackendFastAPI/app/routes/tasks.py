@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -38,9 +39,13 @@ router = APIRouter()
 
 # Bounded retries in celery_settings end a publish in ~1.5 s; this is the outer guard. A thread
 # that has published by then and is writing the acceptance record gets until ACCEPT_TIMEOUT:
-# every POST is answered within that, under the 5 s a client may wait.
-PUBLISH_TIMEOUT = 3.0
-ACCEPT_TIMEOUT = 4.5
+# every POST is answered within that, a second under the 5 s a client may wait (the proxy,
+# TLS and a loaded host take their share).
+PUBLISH_TIMEOUT = 2.5
+ACCEPT_TIMEOUT = 4.0
+# The record must reach Redis this much before ACCEPT_TIMEOUT (owners.accept), so that its
+# reply is back before the handler gives up.
+REPLY_MARGIN = 0.5
 RESULT_TIMEOUT = 3.0
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 IDEMPOTENCY_KEY_MAX = 255
@@ -97,6 +102,10 @@ class TaskState(BaseModel):
     state: str
     result: Any = None  # present when state is SUCCESS
     error: str | None = None  # present when the task failed or was revoked
+
+
+class NotAccepted(Exception):
+    """Not a TimeoutError: that would read as the handler's own deadline."""
 
 
 def _unavailable(what: str, reason: str) -> HTTPException:
@@ -156,7 +165,7 @@ def _repeat(held: dict, body_hash: str) -> str:
 
 
 def _publish(handoff: Handoff, request: TaskRequest, schema: str, queue: str,
-             key: str | None) -> str | None:
+             key: str | None, deadline: float) -> str | None:
     """In a thread: claim the key, publish, write the acceptance record. Returns the task id
     the client gets (the first request's, for a repeat), None when the handler gave up."""
     if handoff.given_up:  # the executor started this late: the client has its 503
@@ -176,7 +185,8 @@ def _publish(handoff: Handoff, request: TaskRequest, schema: str, queue: str,
                              kwargs={"await_acceptance": True}, queue=queue, task_id=task_id)
         if not handoff.begin_write():
             return None  # answered 503: no record, so the worker will not run the message
-        owners.accept(task_id, schema, key)
+        if not owners.accept(task_id, schema, key, deadline):
+            raise NotAccepted("Redis took the acceptance record too late")
         accepted = True
         return task_id
     finally:
@@ -206,9 +216,10 @@ async def _accepted(handoff: Handoff, work) -> str:
         try:
             return await asyncio.wait_for(future, ACCEPT_TIMEOUT - (loop.time() - started))
         except TimeoutError:
-            # Accepted risk: Redis hung between the publish's reply and the record's, so the
-            # record may still land and the task run after this 503. The window is that one
-            # round trip; a retry with the same Idempotency-Key then gets that task's id.
+            # Redis hung after the publish: a record it writes from now on is already expired
+            # (owners.accept). Accepted risk: Redis wrote it in time but the reply took more
+            # than REPLY_MARGIN to come back (or the clocks are that far apart), and the task
+            # runs after this 503; a retry with the same Idempotency-Key gets that task's id.
             raise _unavailable(what, f"no answer within {ACCEPT_TIMEOUT:g} s") from None
     except (HTTPException, RequestValidationError):
         raise
@@ -230,8 +241,9 @@ async def create_task(request: TaskRequest, schema: str = Depends(tenant_schema)
                             f"got {len(idempotency_key)}")
     queue = queue_for_operation(request.operation)
     handoff = Handoff()
+    deadline = time.time() + ACCEPT_TIMEOUT - REPLY_MARGIN  # Redis's clock: wall time
     task_id = await _accepted(
-        handoff, lambda: _publish(handoff, request, schema, queue, idempotency_key))
+        handoff, lambda: _publish(handoff, request, schema, queue, idempotency_key, deadline))
     return TaskAccepted(task_id=task_id, queue=queue)
 
 
