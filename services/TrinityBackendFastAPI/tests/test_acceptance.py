@@ -129,7 +129,8 @@ def test_a_record_write_under_way_at_the_deadline_is_waited_for(api, redis, send
 
 def test_a_record_write_past_the_whole_budget_is_503_within_it(api, send_task, short_deadlines,
                                                                 monkeypatch):
-    """Redis hung between the publish's reply and the record's: the accepted window."""
+    """Redis hung between the publish and the record: 503 within the budget (a record that
+    Redis writes later is already expired: tested below)."""
     written = threading.Event()
 
     def hung_accept(*args):
