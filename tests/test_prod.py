@@ -381,7 +381,8 @@ def test_fastapi_meets_its_openapi_document(prod, tokens, tmp_path):
          "-H", f"Authorization: Bearer {token}", "--checks", "all",
          "--max-examples", "30", "--rate-limit", f"{RATE}/s", "--seed", "1",
          "--no-color", "--phases", "examples,coverage,fuzzing"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": str(ROOT / "tests/schemathesis_hooks.py")})
     summary = proc.stdout[-4000:]
     print(summary)
     assert proc.returncode == 0, summary + proc.stderr[-2000:]

@@ -62,3 +62,18 @@ def live_database():
             pytest.skip(f"no Postgres at GATEWAY_DATABASE_URL: {' '.join(text.split())[:200]}")
         raise
     return tokens.token_store
+
+
+@pytest.fixture
+def token_lookup():
+    """The token table, mocked: TOKEN_A is tenant `public`, TOKEN_B `tenant_b`."""
+    from unittest import mock
+
+    from app import tokens
+    from tests.helpers import SCHEMAS
+
+    tokens.token_store.cache.clear()
+    with mock.patch.object(tokens.token_store, "lookup_hash",
+                           side_effect=lambda key: SCHEMAS.get(key)) as patched:
+        yield patched
+    tokens.token_store.cache.clear()

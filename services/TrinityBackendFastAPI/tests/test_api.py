@@ -1,6 +1,7 @@
 """FastAPI gateway: auth, tenants, validation, limits, routing to queues, broker failures,
 health, and the OpenAPI document."""
 
+import json
 import logging
 import os
 import time
@@ -18,26 +19,24 @@ from app.main import app, create_app
 from app.settings import GatewaySettings
 from config.celery_settings import (OPERATION_KINDS, RUN_OPERATION, configure_celery_app,
                                     queue_for_operation)
-from tests.helpers import AUTH_A, AUTH_B, SCHEMAS
+from tests.helpers import AUTH_A, AUTH_B
 
 client = TestClient(app)
 
 
-@pytest.fixture(autouse=True)
-def token_lookup():
-    """The token table, mocked: TOKEN_A is tenant `public`, TOKEN_B `tenant_b`."""
-    tokens.token_store.cache.clear()
-    with mock.patch.object(tokens.token_store, "lookup_hash",
-                           side_effect=lambda key: SCHEMAS.get(key)) as patched:
-        yield patched
-    tokens.token_store.cache.clear()
+pytestmark = pytest.mark.usefixtures("token_lookup")
 
 
 @pytest.fixture(autouse=True)
 def owner_keys(monkeypatch):
-    """trinity.gateway.owner:<id> keys, in a dict instead of Redis."""
+    """trinity.gateway.owner:<id> keys (acceptance records), in a dict instead of Redis. The
+    real ones, and Idempotency-Key claims, are tested against Redis in test_acceptance.py."""
     keys = {}
-    monkeypatch.setattr(owners, "remember", lambda task_id, schema: keys.__setitem__(task_id, schema))
+    def accept(task_id, schema, idem_key, deadline):
+        keys[task_id] = schema
+        return True
+
+    monkeypatch.setattr(owners, "accept", accept)
     monkeypatch.setattr(owners, "owner_of", lambda task_id: keys.get(task_id))
     return keys
 
@@ -61,16 +60,17 @@ def test_post_sends_to_the_operation_queue_with_its_own_task_id(send_task, owner
     body = response.json()
     assert body["queue"] == queue_for_operation(operation)
     send_task.assert_called_once_with(
-        RUN_OPERATION, args=[operation, {"n": 10}, "public"],
+        RUN_OPERATION, args=[operation, {"n": 10}, "public"], kwargs={"await_acceptance": True},
         queue=queue_for_operation(operation), task_id=body["task_id"],
     )
     assert owner_keys == {body["task_id"]: "public"}
 
 
-def test_the_owner_key_is_written_before_publishing(send_task, owner_keys):
+def test_the_acceptance_record_is_written_after_publishing(send_task, owner_keys):
     send_task.side_effect = lambda *a, task_id, **k: (
-        None if owner_keys.get(task_id) == "public" else pytest.fail("published before owner"))
-    assert post({"operation": "noop"}).status_code == 202
+        pytest.fail("record before publish") if task_id in owner_keys else None)
+    task_id = post({"operation": "noop"}).json()["task_id"]
+    assert owner_keys == {task_id: "public"}
 
 
 def test_cpu_and_io_queues_differ(send_task):
@@ -104,6 +104,8 @@ def test_schema_in_the_body_is_refused(send_task):
     ({"operation": "echo", "payload": "a\u0000b"}, "NUL"),
     ({"operation": "echo", "payload": {"k\u0000": 1}}, "NUL"),
     ({"operation": "echo", "payload": [[{"deep": ["x\u0000"]}]]}, "NUL"),
+    ({"operation": "echo", "payload": json.loads("[" * 33 + "]" * 33)},
+     "nesting deeper than 32 levels"),
 ])
 def test_bad_bodies_are_422_and_send_nothing(send_task, body, reason):
     response = post(body)
@@ -271,15 +273,16 @@ def test_redis_out_of_memory_is_503_with_its_reason(send_task):
         "broker unavailable: OOM command not allowed when used memory > 'maxmemory'.")
 
 
-def test_redis_out_of_memory_on_the_owner_key_is_503_too(send_task, monkeypatch):
-    def refuse(task_id, schema):
+def test_redis_out_of_memory_on_the_acceptance_record_is_503_too(send_task, monkeypatch):
+    """Published, but not accepted: the worker will record the message FAILURE unrun."""
+    def refuse(task_id, schema, idem_key, deadline):
         raise _oom_error()
 
-    monkeypatch.setattr(owners, "remember", refuse)
+    monkeypatch.setattr(owners, "accept", refuse)
     response = post({"operation": "noop"})
     assert response.status_code == 503
     assert "OOM command not allowed" in response.json()["error"]
-    send_task.assert_not_called()
+    send_task.assert_called_once()
 
 
 def test_kombus_wrapped_out_of_memory_error_keeps_redis_reason(send_task):
@@ -301,6 +304,7 @@ def test_hanging_broker_is_503_within_the_deadline(send_task, monkeypatch):
     from app.routes import tasks
 
     monkeypatch.setattr(tasks, "PUBLISH_TIMEOUT", 0.2)
+    monkeypatch.setattr(tasks, "ACCEPT_TIMEOUT", 0.4)
     send_task.side_effect = lambda *a, **k: time.sleep(1)
     # A persistent event loop, as under uvicorn (a per-request loop would wait for the
     # abandoned thread when it closes).
@@ -328,16 +332,16 @@ def test_unreachable_broker_answers_quickly(monkeypatch):
     assert elapsed < tasks.PUBLISH_TIMEOUT
 
 
-def test_unreachable_redis_for_the_owner_key_is_503(monkeypatch, send_task):
-    """The real owner-key client against a closed port."""
-    monkeypatch.undo()  # the real owners.remember
+def test_unreachable_redis_for_the_acceptance_record_is_503(monkeypatch, send_task):
+    """The real acceptance-record client against a closed port."""
+    monkeypatch.undo()  # the real owners.accept
     closed = Celery("closed-port")
     configure_celery_app(closed, {"REDIS_URL": "redis://127.0.0.1:1/0"})
     monkeypatch.setattr(owners, "celery_app", closed)
     response = post({"operation": "noop"})
     assert response.status_code == 503
     assert response.json()["detail"].startswith("broker unavailable: ")
-    send_task.assert_not_called()
+    send_task.assert_called_once()
 
 
 # -- task state ---------------------------------------------------------------------------
@@ -451,7 +455,12 @@ def test_openapi_documents_the_operations_security_and_every_status_code():
         "type": "http", "scheme": "bearer", "description": mock.ANY}
     post_op = schema["paths"]["/tasks"]["post"]
     get_op = schema["paths"]["/tasks/{task_id}"]["get"]
-    assert set(post_op["responses"]) == {"202", "401", "413", "415", "422", "429", "503"}
+    assert set(post_op["responses"]) == {"202", "400", "401", "409", "413", "415", "422",
+                                         "429", "503"}
+    key, = post_op["parameters"]
+    assert (key["name"], key["in"], key["required"]) == ("Idempotency-Key", "header", False)
+    assert key["schema"] == {"type": "string", "minLength": 1, "maxLength": 255,
+                             "title": mock.ANY, "description": mock.ANY}
     assert set(get_op["responses"]) == {"200", "401", "404", "422", "429", "503"}
     for op in (post_op, get_op):
         assert op["security"] == [{"HTTPBearer": []}]
