@@ -58,17 +58,32 @@ with schema_context("public"):
 print(json.dumps([run.pk for run in runs]))
 """
 
-LEDGER = """
-import json
-from django.db.models import Q
-from django_tenants.utils import schema_context
-from apps.orchestration.models import TaskRun
-ids, task_ids = json.loads({ids!r}), json.loads({task_ids!r})
-with schema_context("public"):
-    rows = list(TaskRun.objects.filter(Q(pk__in=ids) | Q(celery_task_id__in=task_ids))
-                .values_list("pk", "celery_task_id", "operation", "status", "attempts", "error"))
-print(json.dumps(rows))
-"""
+# ---- the ledger read straight from Postgres: tests poll it often, and a Django shell per poll
+# cost seconds of the same two cores the workers need -------------------------------------------
+def sql(stack: Stack, query: str) -> object:
+    """Run `query` (one JSON value) in the stack's Postgres as its superuser over the local
+    socket, which trusts it inside the container; returns the value parsed."""
+    code, out = stack.exec("postgres", ["psql", "-U", "postgres", "-d", "trinity", "-AtqX",
+                                        "-v", "ON_ERROR_STOP=1", "-c", query])
+    if code != 0:
+        raise StackError(f"psql failed ({code}): {out[-2000:]}")
+    return json.loads(out.strip() or "null")
+
+
+def _texts(values) -> str:
+    return "ARRAY[" + ",".join("'" + str(v).replace("'", "''") + "'" for v in values) + "]::text[]"
+
+
+def _ints(values) -> str:
+    return "ARRAY[" + ",".join(str(int(v)) for v in values) + "]::bigint[]"
+
+
+def taskruns(stack: Stack, columns: str, ids=(), task_ids=(), where: str = "true") -> list:
+    """Rows of public's TaskRun table whose id is in `ids` or task id in `task_ids`, each as a
+    list of `columns` (a SQL select list)."""
+    return sql(stack, f"SELECT coalesce(json_agg(json_build_array({columns})), '[]') "
+                      f"FROM public.orchestration_taskrun WHERE (id = ANY({_ints(ids)}) OR "
+                      f"celery_task_id = ANY({_texts(task_ids)})) AND {where}")
 
 
 def enqueue(stack: Stack, specs: list[tuple[str, object]]) -> list[int]:
@@ -103,9 +118,9 @@ class Ledger:
 
 
 def ledger(stack: Stack, ids: list, by_task_id: bool = False) -> Ledger:
-    query = LEDGER.format(ids=json.dumps([] if by_task_id else ids),
-                          task_ids=json.dumps(ids if by_task_id else []))
-    return Ledger(django(stack, query), ids, by_task_id)
+    rows = taskruns(stack, "id, celery_task_id, operation, status, attempts, error",
+                    ids=[] if by_task_id else ids, task_ids=ids if by_task_id else [])
+    return Ledger(rows, ids, by_task_id)
 
 
 def wait_final(stack: Stack, ids: list, timeout: float, by_task_id: bool = False) -> Ledger:
@@ -237,35 +252,14 @@ def unacked_on(stack: Stack, queue: str) -> int:
     return sum(line.rstrip().endswith(f'"{queue}"]') for line in out.splitlines())
 
 
-DUPLICATE_TASK_IDS = """
-import json
-from django.db.models import Count
-from django_tenants.utils import schema_context
-from apps.orchestration.models import TaskRun
-ids = json.loads({ids!r})
-with schema_context("public"):
-    task_ids = TaskRun.objects.filter(pk__in=ids).values_list("celery_task_id", flat=True)
-    dup = (TaskRun.objects.filter(celery_task_id__in=list(task_ids)).values("celery_task_id")
-           .annotate(n=Count("id")).filter(n__gt=1))
-print(json.dumps([d["celery_task_id"] for d in dup]))
-"""
-
-
 def duplicate_task_ids(stack: Stack, ids: list[int]) -> list[str]:
     """Celery task ids of `ids` that more than one TaskRun row carries (must be none)."""
-    return django(stack, DUPLICATE_TASK_IDS.format(ids=json.dumps(ids)))
-
-
-REPUBLISHED = """
-import json
-from django_tenants.utils import schema_context
-from apps.orchestration.models import TaskRun
-with schema_context("public"):
-    print(json.dumps(dict(TaskRun.objects.filter(pk__in=json.loads({ids!r}), republished__gt=0)
-                          .values_list("pk", "republished"))))
-"""
+    mine = [tid for [tid] in taskruns(stack, "celery_task_id", ids=ids)]
+    return sql(stack, "SELECT coalesce(json_agg(celery_task_id), '[]') FROM (SELECT "
+                      "celery_task_id FROM public.orchestration_taskrun WHERE celery_task_id = "
+                      f"ANY({_texts(mine)}) GROUP BY 1 HAVING count(*) > 1) AS dup")
 
 
 def republished(stack: Stack, ids: list[int]) -> dict:
     """TaskRun id -> how often the stuck-task scan published it again (only those > 0)."""
-    return django(stack, REPUBLISHED.format(ids=json.dumps(ids)))
+    return dict(taskruns(stack, "id, republished", ids=ids, where="republished > 0"))

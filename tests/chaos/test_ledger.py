@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chaos.harness import (QUEUED_GRACE, SCAN_INTERVAL, VISIBILITY, django, post, queue_lengths,
-                           report, wait_final, wait_workers_healthy, workers_stopped)
+                           report, taskruns, wait_final, wait_workers_healthy, workers_stopped)
 from stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
@@ -34,16 +34,6 @@ with schema_context("public"):
                                      task_id=spec.get("task_id") or uuid())
         ids.append(run.pk)
 print(json.dumps(ids))
-"""
-
-ROWS = """
-import json
-from django_tenants.utils import schema_context
-from apps.orchestration.models import TaskRun
-with schema_context("public"):
-    rows = TaskRun.objects.filter(pk__in=json.loads({ids!r}))
-    print(json.dumps({{r.pk: [r.status, r.attempts, r.worker_lost, r.republished, r.error]
-                      for r in rows}}))
 """
 
 RUN_OPERATION_TWICE = """
@@ -77,7 +67,8 @@ def make(stack, specs) -> list[int]:
 
 
 def rows(stack, ids) -> dict:
-    return {int(k): v for k, v in django(stack, ROWS.format(ids=json.dumps(ids))).items()}
+    return {pk: rest for pk, *rest in
+            taskruns(stack, "id, status, attempts, worker_lost, republished, error", ids=ids)}
 
 
 def test_a_backlog_waits_for_its_worker_and_a_lost_message_is_sent_again(chaos):
@@ -152,9 +143,7 @@ def test_two_deliveries_at_once_start_the_operation_once(chaos):
     print(f"execute_task x2: {rows(chaos, [pk])}; run_operation x2: {by_id.summary()}")
     assert book.count("SUCCESS") == 1 and book.rows[pk]["attempts"] == 1, book.rows
     assert by_id.count("SUCCESS") == 1 and by_id.rows[task_id]["attempts"] == 1, by_id.rows
-    rows_of_task = django(chaos, "import json; from apps.orchestration.models import TaskRun; "
-                                 f"print(TaskRun.objects.filter(celery_task_id={task_id!r}).count())")
-    assert rows_of_task == 1
+    assert len(taskruns(chaos, "id", task_ids=[task_id])) == 1  # one row per task id
 
 
 def test_every_pool_enforces_the_time_limit(chaos):
