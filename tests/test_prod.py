@@ -313,6 +313,9 @@ def test_celery_remote_control_from_an_app_container_is_refused(prod):
 def test_redis_default_user_is_off(prod):
     code, out = prod.exec("redis", ["redis-cli", "--no-auth-warning", "SET", "k", "v"])
     assert "NOAUTH" in out, out
+    code, out = prod.exec("redis", ["redis-cli", "--no-auth-warning", "--user", "default",
+                                    "--pass", "anything", "PING"])
+    assert "WRONGPASS" in out or "disabled" in out, out
 
 
 PG_ROLES = """

@@ -33,7 +33,11 @@ if [ -n "$admin" ]; then
     fi
     add "user $name on #$(hash "$password") $*"
   }
-  add "user default off resetpass nocommands"
+  # Off: no client can log in as default. Its rules stay all-allowing because Redis replays the
+  # append-only file's MULTI/EXEC blocks under them at start: with "nocommands" every
+  # transaction (RedBeat's schedule, kombu's unacked index, results) was refused with NOPERM
+  # and lost at each restart.
+  add "user default off resetpass ~* &* +@all"
   # Operators (redis-admin in this container): everything.
   user admin REDIS_ADMIN_PASSWORD '~* &* +@all'
   # Celery workers, beat and flower: every key and channel (queues, pidbox replies, results,
