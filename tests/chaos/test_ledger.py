@@ -72,9 +72,9 @@ def rows(stack, ids) -> dict:
 
 
 def test_a_backlog_waits_for_its_worker_and_a_lost_message_is_sent_again(chaos):
-    """The CPU worker is down longer than the scan's grace: its rows (posted, and one made the
-    guide's way, PENDING) stay untouched because their messages are still in Redis; a row whose
-    message is gone is published again and runs."""
+    """The CPU worker is down longer than the scan's grace: its rows (posted, and one made in a
+    shell with create + apply_async, PENDING) stay untouched because their messages are still
+    in Redis; a row whose message is gone is published again and runs."""
     with workers_stopped(chaos, ["celery-cpu"]):
         before = queue_lengths(chaos)["trinity.tasks.cpu"]
         posted = []
@@ -83,10 +83,10 @@ def test_a_backlog_waits_for_its_worker_and_a_lost_message_is_sent_again(chaos):
                         {"operation": "primes", "payload": {"n": n}})
             assert r.status_code == 201, r.text
             posted.append(r.json()["id"])
-        guide = make(chaos, [{"op": "primes", "queue": "trinity.tasks.cpu"}])
+        shell_made = make(chaos, [{"op": "primes", "queue": "trinity.tasks.cpu"}])
         lost = make(chaos, [{"op": "noop", "queue": "trinity.tasks", "send": 0,
                              "status": "QUEUED", "task_id": "lost-" + str(time.time())}])
-        backlog = posted + guide
+        backlog = posted + shell_made
         # Past the grace and two scans: the lost row must have been republished by now ...
         started = time.monotonic()
         wait_final(chaos, lost, QUEUED_GRACE + 4 * SCAN_INTERVAL + 30)
@@ -94,7 +94,7 @@ def test_a_backlog_waits_for_its_worker_and_a_lost_message_is_sent_again(chaos):
         # ... while the backlog, older than the grace too, is left as it was.
         seen = rows(chaos, backlog)
         assert [seen[pk][0] for pk in posted] == ["QUEUED"] * 3, seen
-        assert seen[guide[0]][0] == "PENDING", seen
+        assert seen[shell_made[0]][0] == "PENDING", seen
         assert all(seen[pk][3] == 0 for pk in backlog), seen  # none republished
         assert queue_lengths(chaos)["trinity.tasks.cpu"] == before + 4  # nothing sent twice
     book = wait_final(chaos, backlog, 60)

@@ -164,7 +164,7 @@ def _old(run, **fields):
 
 def test_the_scan_leaves_what_the_broker_still_holds(make_run, monkeypatch):
     queued = make_run("echo", 1, status="QUEUED", celery_task_id="in-queue")
-    pending = make_run("echo", 2)  # the guide's way: no task id until a worker claims it
+    pending = make_run("echo", 2)  # made in a shell: no task id until a worker claims it
     _old(queued), _old(pending)
     monkeypatch.setattr(backstop, "messages_in_broker",
                         lambda app: ({"in-queue"}, {("public", pending.pk)}))
