@@ -451,26 +451,31 @@ def broker_error_reason(exc: Exception) -> str:
     return " ".join(str(exc).split()).split(" The Celery application must be")[0]
 
 
-_ping_clients: dict = {}
+_redis_clients: dict = {}
 
 
-def broker_ping(url: str, timeout: float = 1.0) -> None:
-    """PING Redis at ``url`` with a short timeout; raises on any failure (for /healthz).
-
-    The client (and its connection pool) is kept per URL: a new connection per probe was
-    most of a /healthz request. A kept connection that a Redis restart broke is replaced
-    by one immediate retry, so a probe still answers within about 2 x ``timeout``.
-    """
-    import redis  # lazy: only health checks need the client directly
+def redis_client(url: str, timeout: float = SOCKET_TIMEOUT):
+    """A redis-py client for ``url`` with socket timeouts, kept per URL, timeout and process
+    (a forked pool process makes its own): its connection pool is reused, as a new connection
+    per call was most of a /healthz request. A kept connection that a Redis restart broke is
+    replaced by one immediate retry, so a call still answers within about 2 x ``timeout``."""
+    import redis  # lazy: only the code that talks to Redis directly needs the client
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client = _ping_clients.get((url, timeout))
+    key = (url, timeout, os.getpid())
+    client = _redis_clients.get(key)
     if client is None:
-        client = _ping_clients.setdefault((url, timeout), redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        client = _redis_clients.setdefault(key, redis.Redis.from_url(
+            url, socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, SOCKET_CONNECT_TIMEOUT),
             retry=Retry(NoBackoff(), 1)))
-    if not client.ping():
+    return client
+
+
+def broker_ping(url: str, timeout: float = 1.0) -> None:
+    """PING Redis at ``url`` with a short timeout; raises on any failure (for /healthz)."""
+    if not redis_client(url, timeout).ping():
         raise ConnectionError("PING returned a falsy reply")
 
 

@@ -13,6 +13,8 @@ from typing import Any
 # Deeper nesting than this is refused. jsonb itself stops near 6,400 levels and Python's json
 # parser recurses per level; no operation needs more than a few, so keep far below both.
 MAX_DEPTH = 32
+# An Idempotency-Key header: TaskRun.idempotency_key's length.
+IDEMPOTENCY_KEY_MAX = 255
 
 
 def check_storable(value: Any, max_depth: int = MAX_DEPTH) -> None:
@@ -43,3 +45,10 @@ def _check_text(text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("strings must not contain lone surrogates") from None
+
+
+def check_idempotency_key(key: str) -> None:
+    """Raise ValueError (one line) unless ``key`` is 1 to IDEMPOTENCY_KEY_MAX characters."""
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise ValueError(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters, "
+                         f"got {len(key)}")

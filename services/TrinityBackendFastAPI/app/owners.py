@@ -13,11 +13,9 @@ request died frees itself) and 24 h after.
 from __future__ import annotations
 
 import json
-import os
 
 from app.celery_app import celery_app
-from config.celery_settings import (GATEWAY_OWNER_KEY_PREFIX, SOCKET_CONNECT_TIMEOUT,
-                                    SOCKET_TIMEOUT)
+from config.celery_settings import GATEWAY_OWNER_KEY_PREFIX, redis_client
 
 KEY_PREFIX = GATEWAY_OWNER_KEY_PREFIX
 IDEM_PREFIX = "trinity.gateway.idem:"
@@ -25,22 +23,8 @@ TTL_SECONDS = 86400
 # Far above a POST's budget: only a claim whose request never finished lives this long.
 CLAIM_TTL_SECONDS = 60
 
-_clients: dict = {}
-
-
 def _client():
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    url = celery_app.conf.broker_url
-    client = _clients.get((url, os.getpid()))
-    if client is None:
-        # One immediate retry replaces a connection that a Redis restart broke.
-        client = _clients.setdefault((url, os.getpid()), redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
-            retry=Retry(NoBackoff(), 1)))
-    return client
+    return redis_client(celery_app.conf.broker_url)
 
 
 def _idem_key(schema: str, key: str) -> str:

@@ -30,11 +30,11 @@ from celery import uuid
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django_tenants.utils import schema_context
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from apps.orchestration.models import TaskRun
 from apps.orchestration.schemas import all_schemas
-from config.celery_settings import (EXECUTE_TASK, SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT,
-                                    queue_for_operation)
+from config.celery_settings import EXECUTE_TASK, queue_for_operation, redis_client
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status
@@ -43,10 +43,6 @@ Status = TaskRun.Status
 # last change is looked at. A republish in a race is harmless: the lease runs it once.
 QUEUED_GRACE = 30
 MAX_REPUBLISH = 3
-# kombu's Redis transport: a queue's priority lists are "<queue>", "<queue>\x06\x163", ...
-PRIORITY_STEPS = (0, 3, 6, 9)
-PRIORITY_SEP = "\x06\x16"
-UNACKED_KEY = "unacked"
 WAITING = (Status.QUEUED, Status.PENDING)
 
 
@@ -118,15 +114,13 @@ def _republish(app, schema_name: str, run: TaskRun) -> int:
 def messages_in_broker(app) -> tuple[set[str], set[tuple[str, int]]]:
     """Task ids of every message Redis holds for our queues (waiting or unacknowledged), and
     (schema, TaskRun id) of the execute_task ones (a row made in a shell has no task id)."""
-    import redis
-
-    client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=SOCKET_TIMEOUT,
-                                  socket_connect_timeout=SOCKET_CONNECT_TIMEOUT)
-    pipe = client.pipeline(transaction=False)
+    pipe = redis_client(app.conf.broker_url).pipeline(transaction=False)
+    # kombu's Redis transport keeps a queue's priorities in lists "<queue>", "<queue><sep>3", ...
+    # and the messages delivered but not acknowledged in one hash.
     for queue in app.conf.task_queues:
         for step in PRIORITY_STEPS:
-            pipe.lrange(f"{queue.name}{PRIORITY_SEP}{step}" if step else queue.name, 0, -1)
-    pipe.hvals(UNACKED_KEY)
+            pipe.lrange(f"{queue.name}{Channel.sep}{step}" if step else queue.name, 0, -1)
+    pipe.hvals(Channel.unacked_key)
     task_ids, refs = set(), set()
     for raw in (item for found in pipe.execute() for item in found):
         task_id, ref = _identify(raw)

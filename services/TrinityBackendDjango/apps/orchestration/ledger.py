@@ -81,15 +81,17 @@ def claim(task_run_id: int, schema_name: str, task_id: str | None, *, redelivere
                                                    "not started again")
                 return Claim(Decision.GAVE_UP, run)
         run.attempts += 1
-        owner = f"{task_id or 'local'}#{run.attempts}"
+        run.status, run.error = Status.RUNNING, ""
+        run.lease_owner = owner = f"{task_id or 'local'}#{run.attempts}"
+        # A row made in a shell has no task id until its first delivery names it.
+        run.celery_task_id = run.celery_task_id or task_id or ""
+        # One UPDATE; the times come from the database's clock and are not read back (the run
+        # needs its id, operation and payload, which the locked SELECT already has).
         TaskRun.objects.filter(pk=run.pk).update(
-            status=Status.RUNNING, attempts=run.attempts, worker_lost=run.worker_lost,
+            status=run.status, attempts=run.attempts, worker_lost=run.worker_lost,
             started_at=Now(), updated_at=Now(), error="", lease_owner=owner,
             lease_expires_at=Now() + timedelta(seconds=lease_seconds + LEASE_MARGIN),
-            # A row made in a shell has no task id until its first delivery names it.
-            **({"celery_task_id": task_id} if task_id and not run.celery_task_id else {}),
-        )
-        run.refresh_from_db()
+            celery_task_id=run.celery_task_id)
         return Claim(Decision.RUN, run, owner)
 
 

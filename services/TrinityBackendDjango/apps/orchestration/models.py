@@ -3,6 +3,7 @@
 from django.db import models
 
 from config.celery_settings import OPERATION_KINDS
+from config.payloads import IDEMPOTENCY_KEY_MAX
 
 
 class TaskRun(models.Model):
@@ -22,7 +23,7 @@ class TaskRun(models.Model):
     # One row per Celery task id (see Meta): two deliveries of run_operation cannot make two.
     celery_task_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
     # A client's Idempotency-Key: a retried POST with the same key returns this row.
-    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    idempotency_key = models.CharField(max_length=IDEMPOTENCY_KEY_MAX, blank=True, default="")
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)  # operation starts

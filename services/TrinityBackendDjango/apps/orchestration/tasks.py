@@ -28,8 +28,7 @@ from apps.orchestration.ledger import Decision, TaskRunError
 from apps.orchestration.models import TaskRun
 from apps.orchestration.schemas import UnknownSchema, check_schema
 from config.celery_settings import (ACCEPTANCE_WAIT, DEFAULT_WORKER_LOST_MAX,
-                                    GATEWAY_OWNER_KEY_PREFIX, SOCKET_CONNECT_TIMEOUT,
-                                    SOCKET_TIMEOUT, queue_for_operation)
+                                    GATEWAY_OWNER_KEY_PREFIX, queue_for_operation, redis_client)
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status
@@ -182,9 +181,6 @@ def _row_for_task(task_id, operation, payload) -> TaskRun:
         return TaskRun.objects.get(celery_task_id=task_id)
 
 
-_redis_clients: dict = {}
-
-
 def _accepted(task_id: str) -> bool:
     """Poll the gateway's acceptance record for up to ACCEPTANCE_WAIT seconds.
 
@@ -193,9 +189,7 @@ def _accepted(task_id: str) -> bool:
     task unaccepted that its client may have been told 202 for."""
     import redis
 
-    url = current_app.conf.broker_url
-    client = _redis_clients.get(url) or _redis_clients.setdefault(url, redis.Redis.from_url(
-        url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT))
+    client = redis_client(current_app.conf.broker_url)
     deadline = time.monotonic() + ACCEPTANCE_WAIT
     while True:
         try:

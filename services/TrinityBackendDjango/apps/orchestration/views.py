@@ -20,12 +20,11 @@ from apps.orchestration.models import TaskRun
 from apps.orchestration.services import BrokerUnavailable, IdempotencyConflict, submit_task_run
 from apps.tenants.tokens import bearer_token, tenant_for
 from config.celery_settings import UnknownOperation, broker_ping, queue_for_operation
-from config.payloads import MAX_DEPTH, check_storable
+from config.payloads import MAX_DEPTH, check_idempotency_key, check_storable
 
 logger = logging.getLogger(__name__)
 
 FINAL_CELERY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-IDEMPOTENCY_KEY_MAX = 255  # TaskRun.idempotency_key's length
 
 
 def _error(status: int, reason: str) -> JsonResponse:
@@ -93,9 +92,11 @@ def task_runs(request):
     if isinstance(schema_name, JsonResponse):
         return schema_name
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
-        return _error(400, f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters, "
-                           f"got {len(key)}")
+    if key is not None:
+        try:
+            check_idempotency_key(key)
+        except ValueError as exc:
+            return _error(400, str(exc))
     body = _read_json_body(request)
     if isinstance(body, JsonResponse):
         return body

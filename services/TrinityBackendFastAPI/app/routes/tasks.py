@@ -32,7 +32,7 @@ from app.errors import (NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHORIZED, UNAVAI
                         UNSUPPORTED, ErrorBody)
 from config.celery_settings import (OPERATION_KINDS, RUN_OPERATION, broker_error_reason,
                                     queue_for_operation)
-from config.payloads import check_storable
+from config.payloads import IDEMPOTENCY_KEY_MAX, check_idempotency_key, check_storable
 
 log = logging.getLogger("trinity.gateway.tasks")
 router = APIRouter()
@@ -48,7 +48,6 @@ ACCEPT_TIMEOUT = 4.0
 REPLY_MARGIN = 0.5
 RESULT_TIMEOUT = 3.0
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-IDEMPOTENCY_KEY_MAX = 255
 
 Operation = Literal[tuple(sorted(OPERATION_KINDS))]  # an enum in the OpenAPI document
 
@@ -235,10 +234,11 @@ async def create_task(request: TaskRequest, schema: str = Depends(tenant_schema)
     """Publish `operation` with `payload` for the token's tenant; poll GET /tasks/{task_id}.
 
     202: the task will run. 503: it will not (Redis did not accept it in time)."""
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST,
-                            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters, "
-                            f"got {len(idempotency_key)}")
+    if idempotency_key is not None:
+        try:
+            check_idempotency_key(idempotency_key)
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     queue = queue_for_operation(request.operation)
     handoff = Handoff()
     deadline = time.time() + ACCEPT_TIMEOUT - REPLY_MARGIN  # Redis's clock: wall time
