@@ -70,20 +70,34 @@ def sql(stack: Stack, query: str) -> object:
     return json.loads(out.strip() or "null")
 
 
+def literal(text) -> str:
+    """`text` as an SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 def _texts(values) -> str:
-    return "ARRAY[" + ",".join("'" + str(v).replace("'", "''") + "'" for v in values) + "]::text[]"
+    return "ARRAY[" + ",".join(literal(v) for v in values) + "]::text[]"
 
 
 def _ints(values) -> str:
     return "ARRAY[" + ",".join(str(int(v)) for v in values) + "]::bigint[]"
 
 
-def taskruns(stack: Stack, columns: str, ids=(), task_ids=(), where: str = "true") -> list:
-    """Rows of public's TaskRun table whose id is in `ids` or task id in `task_ids`, each as a
-    list of `columns` (a SQL select list)."""
+def select_taskruns(stack: Stack, columns: str, where: str) -> list:
+    """Rows of public's TaskRun table that match `where` (SQL), each as a list of `columns`
+    (a SQL select list)."""
     return sql(stack, f"SELECT coalesce(json_agg(json_build_array({columns})), '[]') "
-                      f"FROM public.orchestration_taskrun WHERE (id = ANY({_ints(ids)}) OR "
-                      f"celery_task_id = ANY({_texts(task_ids)})) AND {where}")
+                      f"FROM public.orchestration_taskrun WHERE {where}")
+
+
+def taskruns(stack: Stack, columns: str, ids=(), task_ids=(), where: str = "true") -> list:
+    """The rows among `ids` (TaskRun ids) and `task_ids` (Celery task ids) that match `where`."""
+    return select_taskruns(stack, columns, f"(id = ANY({_ints(ids)}) OR celery_task_id = "
+                                           f"ANY({_texts(task_ids)})) AND {where}")
+
+
+def count_taskruns(stack: Stack) -> int:
+    return sql(stack, "SELECT count(*) FROM public.orchestration_taskrun")
 
 
 def enqueue(stack: Stack, specs: list[tuple[str, object]]) -> list[int]:

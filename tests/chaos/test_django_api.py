@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from chaos.harness import (django, ledger, post, queue_lengths, report, wait_final,
-                           wait_workers_healthy)
+from chaos.harness import (count_taskruns, django, ledger, literal, post, queue_lengths, report,
+                           select_taskruns, wait_final, wait_workers_healthy)
 from stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
@@ -101,16 +101,14 @@ STORABLE = [
 
 
 def test_i_bodies_postgres_would_refuse_are_400_with_the_reason(chaos):
-    count = ("import json; from apps.orchestration.models import TaskRun; "
-             "print(json.dumps(TaskRun.objects.count()))")
-    before = django(chaos, count)
+    before = count_taskruns(chaos)
     bodies = [(f'{{"operation": "echo", "payload": {payload}}}', reason)
               for payload, reason in STORABLE]
     for raw, reason in bodies:
         r, took = post(chaos, f"{chaos.web}/api/task-runs/", raw)
         assert r.status_code == 400 and reason in r.json()["error"], (raw[:60], r.text)
         assert took < 3, (raw[:60], took)
-    assert django(chaos, count) == before
+    assert count_taskruns(chaos) == before
     # The gateway applies the same check (config/payloads.py): 422, its validation errors' code.
     gateway = []
     for raw, reason in bodies:
@@ -182,14 +180,6 @@ def test_j_redis_paused_answers_within_5s_and_a_503_never_runs(chaos):
 
 
 # ---- k. one Idempotency-Key, twenty requests at once: one row -----------------------------------
-ROWS_WITH_KEY = """
-import json
-from apps.orchestration.models import TaskRun
-print(json.dumps(list(TaskRun.objects.filter(idempotency_key={key!r})
-                      .values_list("pk", "status", "attempts"))))
-"""
-
-
 def test_k_twenty_parallel_posts_with_one_key_make_one_row(chaos):
     key = f"chaos-{secrets.token_hex(8)}"
     body = {"operation": "echo", "payload": {"order": key}}
@@ -202,7 +192,7 @@ def test_k_twenty_parallel_posts_with_one_key_make_one_row(chaos):
           f"slowest {max(t for _, t in answers):.2f}s")
     assert codes == [200] * 19 + [201], [r.text for r, _ in answers]
     assert len(ids) == 1 and len(task_ids) == 1 and None not in ids
-    rows = django(chaos, ROWS_WITH_KEY.format(key=key))
+    rows = select_taskruns(chaos, "id, status, attempts", f"idempotency_key = {literal(key)}")
     assert len(rows) == 1 and rows[0][0] in ids, rows
     book = wait_final(chaos, list(ids), 60)
     assert book.count("SUCCESS") == 1 and book.twice == [], book.summary()

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from chaos.harness import FINAL, django, queue_lengths, report, wait_final
+from chaos.harness import FINAL, literal, queue_lengths, report, select_taskruns, wait_final
 from stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
@@ -21,17 +21,6 @@ PAUSE = 6.0  # long enough for two rounds of 503s per client
 
 # Every row whose payload carries this run's marker: rows of 503'd requests have no task id
 # the test knows, so requests are told apart by the "n" in their payload.
-MARKED = """
-import json
-from django_tenants.utils import schema_context
-from apps.orchestration.models import TaskRun
-with schema_context("public"):
-    rows = list(TaskRun.objects.filter(payload__run={run!r}).values_list(
-        "celery_task_id", "payload__n", "status", "attempts", "error"))
-print(json.dumps(rows))
-"""
-
-
 def send(stack, body: dict, key: str | None = None) -> dict:
     """POST /tasks through the proxy; the answer as a dict (status None: no answer at all)."""
     headers = {"Authorization": f"Bearer {stack.token}"}
@@ -55,7 +44,8 @@ def sleep_task(run: str, n: str) -> dict:
 
 
 def marked_rows(stack, run: str) -> list[dict]:
-    rows = django(stack, MARKED.format(run=run))
+    rows = select_taskruns(stack, "celery_task_id, payload->>'n', status, attempts, error",
+                           f"payload->>'run' = {literal(run)}")
     return [dict(task_id=t, n=n, status=s, attempts=a, error=e) for t, n, s, a, e in rows]
 
 
