@@ -272,8 +272,3 @@ def duplicate_task_ids(stack: Stack, ids: list[int]) -> list[str]:
     return sql(stack, "SELECT coalesce(json_agg(celery_task_id), '[]') FROM (SELECT "
                       "celery_task_id FROM public.orchestration_taskrun WHERE celery_task_id = "
                       f"ANY({_texts(mine)}) GROUP BY 1 HAVING count(*) > 1) AS dup")
-
-
-def republished(stack: Stack, ids: list[int]) -> dict:
-    """TaskRun id -> how often the stuck-task scan published it again (only those > 0)."""
-    return dict(taskruns(stack, "id, republished", ids=ids, where="republished > 0"))
