@@ -44,9 +44,10 @@ if [ -n "$admin" ]; then
   # RedBeat's lock), nothing that can wipe, reconfigure or stop the server.
   user worker REDIS_WORKER_PASSWORD '~* &* +@all -@dangerous'
   # web and fastapi publish tasks and read results, and nothing else: no channel at all, so no
-  # Celery remote control (a broadcast is a PUBLISH on the pidbox channel), no pub/sub.
-  user web REDIS_WEB_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting'
-  user gateway REDIS_GATEWAY_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting'
+  # Celery remote control (a broadcast is a PUBLISH on the pidbox channel), no pub/sub. INFO
+  # (read-only) tells them how full Redis is, so they stop enqueueing before it is.
+  user web REDIS_WEB_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting +info'
+  user gateway REDIS_GATEWAY_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting +info'
 else
   password=$(secret REDIS_PASSWORD)
   if [ -n "$password" ]; then

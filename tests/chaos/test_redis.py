@@ -23,7 +23,9 @@ def test_b_enqueue_endpoints_answer_503_fast_while_redis_is_down(chaos):
             r, took = post(chaos, url, body)
             print(f"{url} with Redis down: {r.status_code} in {took:.2f}s: {r.text[:160]}")
             assert r.status_code == 503, r.text
-            assert took < 2, f"{took:.2f}s"
+            # A refused connection ends kombu's retries in about 1 s; a slow name lookup of the
+            # stopped container can take the publish to its 2.5 s deadline in either app.
+            assert took < 3, f"{took:.2f}s"
             reason = r.json().get("error") or r.json().get("detail")
             assert reason and "broker" in reason, r.text
             assert "Traceback" not in r.text

@@ -25,6 +25,7 @@ from apps.orchestration import services
 from apps.orchestration.models import TaskRun
 from apps.orchestration.services import submit_task_run
 from apps.orchestration.tasks import execute_task
+from config.broker_room import BrokerFull
 from config.celery_settings import queue_for_operation
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +40,9 @@ def post(client, body, raw=False, **extra):
 
 @pytest.fixture
 def publish():
-    with mock.patch.object(execute_task, "apply_async") as patched:
+    """apply_async patched, and Redis taken to have room (broker_room.check_room)."""
+    with mock.patch("apps.orchestration.services.check_room"), \
+            mock.patch.object(execute_task, "apply_async") as patched:
         yield patched
 
 
@@ -255,6 +258,17 @@ def test_redis_out_of_memory_answers_503_with_redis_reason(api, publish):
     assert response.status_code == 503
     assert response.json()["error"] == (
         "broker unavailable: OOM command not allowed when used memory > 'maxmemory'.")
+
+
+@autocommit
+def test_redis_nearly_full_answers_503_and_sends_nothing(api, publish):
+    with mock.patch("apps.orchestration.services.check_room",
+                    side_effect=BrokerFull("Redis memory at 93% of maxmemory: ...")):
+        response = post(api, {"operation": "noop"})
+    assert response.status_code == 503
+    assert response.json()["error"] == "broker unavailable: Redis memory at 93% of maxmemory: ..."
+    publish.assert_not_called()
+    assert TaskRun.objects.get(pk=response.json()["id"]).status == "FAILURE"
 
 
 def test_database_down_answers_503(api, publish, make_run):

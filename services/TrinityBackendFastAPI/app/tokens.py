@@ -4,6 +4,10 @@ One connection per process (gunicorn forks after import, so it opens on first us
 autocommit, read as the least-privilege gateway role. The blocking lookup runs in a thread under
 a deadline, so the event loop never waits on Postgres; a token verified once is trusted for
 API_TOKEN_CACHE_SECONDS (a bounded in-process cache of hashes, never of tokens).
+
+While Postgres does not answer, a token verified within the last STALE_IF_ERROR_SECONDS is still
+trusted (stale-if-error), so a database restart does not turn every request into a 503. The
+price: a token revoked in that window before an outage works until Postgres answers again.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ STATEMENT_TIMEOUT_MS = 3000
 # Outer guard of one lookup: a connect, or a kept connection found broken plus one reconnect.
 LOOKUP_TIMEOUT = 5.0
 CACHE_MAX_ENTRIES = 4096
+STALE_IF_ERROR_SECONDS = 300
 MAX_TOKEN_LENGTH = 256  # "trn_" + 43 characters today
 
 
@@ -45,34 +50,51 @@ def token_hash(token: str) -> str:
 
 
 class TokenCache:
-    """key_hash -> schema for ``ttl`` seconds, at most ``max_entries`` (oldest dropped first).
+    """key_hash -> schema, fresh for ``ttl`` seconds and kept ``stale`` seconds longer for
+    when the store cannot answer; at most ``max_entries`` (oldest dropped first).
 
     Used only from the event loop's thread, so it needs no lock."""
 
     def __init__(self, ttl: float, max_entries: int = CACHE_MAX_ENTRIES,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 stale: float = STALE_IF_ERROR_SECONDS):
         self.ttl = ttl
+        self.stale = stale
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()  # (schema, verified)
 
-    def get(self, key: str) -> str | None:
+    def _age(self, key: str) -> tuple[str, float] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        schema, expires = entry
-        if self.clock() >= expires:
+        schema, verified = entry
+        age = self.clock() - verified
+        if age >= self.ttl + self.stale:
             del self._entries[key]
             return None
-        return schema
+        return schema, age
+
+    def get(self, key: str) -> str | None:
+        """The schema of a token verified less than ``ttl`` seconds ago."""
+        found = self._age(key)
+        return found[0] if found and found[1] < self.ttl else None
+
+    def get_stale(self, key: str) -> str | None:
+        """The schema of a token verified less than ``ttl + stale`` seconds ago."""
+        found = self._age(key)
+        return found[0] if found else None
 
     def put(self, key: str, schema: str) -> None:
         if self.ttl <= 0:
             return
-        self._entries[key] = (schema, self.clock() + self.ttl)
+        self._entries[key] = (schema, self.clock())
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -174,11 +196,21 @@ class TokenStore:
             return schema
         loop = asyncio.get_running_loop()
         try:
-            schema = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, self.lookup_hash, key), LOOKUP_TIMEOUT)
-        except TimeoutError:
-            raise TokenStoreUnavailable(f"no answer within {LOOKUP_TIMEOUT:g} s") from None
-        if schema is not None:
+            try:
+                schema = await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, self.lookup_hash, key), LOOKUP_TIMEOUT)
+            except TimeoutError:
+                raise TokenStoreUnavailable(f"no answer within {LOOKUP_TIMEOUT:g} s") from None
+        except TokenStoreUnavailable as exc:
+            schema = self.cache.get_stale(key)
+            if schema is None:
+                raise
+            log.warning("token store unavailable (%s): trusting a token verified in the last "
+                        "%d s", exc, self.cache.ttl + self.cache.stale)
+            return schema
+        if schema is None:
+            self.cache.discard(key)  # revoked: not even a stale entry is trusted any more
+        else:
             self.cache.put(key, schema)
         return schema
 

@@ -37,6 +37,18 @@ except ModuleNotFoundError:
 
 
 @pytest.fixture
+def send_task():
+    """celery_app.send_task patched, and Redis taken to have room (broker_room.check_room)."""
+    from unittest import mock
+
+    from app.celery_app import celery_app
+
+    with mock.patch("app.routes.tasks.check_room"), \
+            mock.patch.object(celery_app, "send_task") as patched:
+        yield patched
+
+
+@pytest.fixture
 def live_redis():
     if not LIVE_REDIS:
         pytest.skip("REDIS_URL not set: no live Redis to PING")

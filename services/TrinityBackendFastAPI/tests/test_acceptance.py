@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
 
 from app import owners
-from app.celery_app import celery_app
 from app.main import app
 from app.routes import tasks
 from config.celery_settings import GATEWAY_OWNER_KEY_PREFIX
@@ -32,12 +31,6 @@ def api():
     # A persistent event loop, as under uvicorn: a thread the handler gave up on keeps running.
     with TestClient(app) as client:
         yield client
-
-
-@pytest.fixture
-def send_task():
-    with mock.patch.object(celery_app, "send_task") as patched:
-        yield patched
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from app import owners, tokens
 from app.celery_app import celery_app
 from app.main import app, create_app
 from app.settings import GatewaySettings
+from config.broker_room import BrokerFull
 from config.celery_settings import (OPERATION_KINDS, RUN_OPERATION, configure_celery_app,
                                     queue_for_operation)
 from tests.helpers import AUTH_A, AUTH_B
@@ -39,12 +40,6 @@ def owner_keys(monkeypatch):
     monkeypatch.setattr(owners, "accept", accept)
     monkeypatch.setattr(owners, "owner_of", lambda task_id: keys.get(task_id))
     return keys
-
-
-@pytest.fixture
-def send_task():
-    with mock.patch.object(celery_app, "send_task") as patched:
-        yield patched
 
 
 def post(json=None, headers=AUTH_A, **kwargs):
@@ -315,6 +310,17 @@ def test_hanging_broker_is_503_within_the_deadline(send_task, monkeypatch):
     assert response.status_code == 503
     assert "no answer within" in response.json()["detail"]
     assert elapsed < 1.0
+
+
+def test_redis_nearly_full_answers_503_and_sends_nothing(send_task):
+    from app.routes import tasks
+
+    with mock.patch.object(tasks, "check_room",
+                           side_effect=BrokerFull("Redis memory at 93% of maxmemory: ...")):
+        response = post({"operation": "noop"})
+    assert response.status_code == 503
+    assert response.json()["detail"] == "broker unavailable: Redis memory at 93% of maxmemory: ..."
+    send_task.assert_not_called()
 
 
 def test_unreachable_broker_answers_quickly(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from app import tokens
 from app.tokens import LOOKUP_SQL, TokenCache, TokenStore, TokenStoreUnavailable, token_hash
-from tests.helpers import SCHEMAS, TOKEN_A
+from tests.helpers import SCHEMAS, TOKEN_A, TOKEN_B
 
 
 class Clock:
@@ -24,14 +24,17 @@ def test_the_hash_is_sha256_hex_of_the_whole_token():
     assert token_hash("trn_abc") == hashlib.sha256(b"trn_abc").hexdigest()
 
 
-def test_cache_entries_expire_after_the_ttl():
+def test_cache_entries_expire_after_the_ttl_and_stay_stale_for_a_while():
     clock = Clock()
-    cache = TokenCache(10, clock=clock)
+    cache = TokenCache(10, clock=clock, stale=60)
     cache.put("k", "public")
     clock.now += 9.9
     assert cache.get("k") == "public"
     clock.now += 0.2
     assert cache.get("k") is None
+    assert cache.get_stale("k") == "public"
+    clock.now += 60
+    assert cache.get_stale("k") is None
     assert len(cache) == 0
 
 
@@ -63,6 +66,39 @@ def test_a_revoked_token_is_refused_once_its_cache_entry_expired():
         clock.now += 6
         assert asyncio.run(store.tenant_for(TOKEN_A)) is None
         assert lookup.call_count == 2
+
+
+def test_while_the_store_is_down_a_recently_verified_token_is_still_trusted():
+    store = TokenStore("postgres://g@h/d", cache_seconds=10)
+    clock = Clock()
+    store.cache.clock = clock
+    down = TokenStoreUnavailable("OperationalError: connection refused")
+    with mock.patch.object(store, "lookup_hash", return_value="public"):
+        assert asyncio.run(store.tenant_for(TOKEN_A)) == "public"
+    with mock.patch.object(store, "lookup_hash", side_effect=down) as lookup:
+        clock.now += 30  # past the TTL: the store is asked, and does not answer
+        assert asyncio.run(store.tenant_for(TOKEN_A)) == "public"
+        assert lookup.call_count == 1
+        with pytest.raises(TokenStoreUnavailable):  # never verified: no stale entry
+            asyncio.run(store.tenant_for(TOKEN_B))
+        clock.now += store.cache.stale
+        with pytest.raises(TokenStoreUnavailable):  # verified too long ago
+            asyncio.run(store.tenant_for(TOKEN_A))
+
+
+def test_a_token_found_revoked_is_not_trusted_stale():
+    store = TokenStore("postgres://g@h/d", cache_seconds=10)
+    clock = Clock()
+    store.cache.clock = clock
+    with mock.patch.object(store, "lookup_hash", return_value="public"):
+        asyncio.run(store.tenant_for(TOKEN_A))
+    clock.now += 11
+    with mock.patch.object(store, "lookup_hash", return_value=None):
+        assert asyncio.run(store.tenant_for(TOKEN_A)) is None  # revoked
+    down = TokenStoreUnavailable("OperationalError: connection refused")
+    with mock.patch.object(store, "lookup_hash", side_effect=down):
+        with pytest.raises(TokenStoreUnavailable):
+            asyncio.run(store.tenant_for(TOKEN_A))
 
 
 def test_unknown_tokens_are_not_cached():

@@ -19,6 +19,7 @@ from django_tenants.utils import schema_context
 
 from apps.orchestration.models import TaskRun
 from apps.orchestration.tasks import execute_task
+from config.broker_room import check_room
 from config.celery_settings import broker_error_reason, queue_for_operation
 
 logger = logging.getLogger(__name__)
@@ -91,13 +92,18 @@ def submit_task_run(operation: str, payload, schema_name: str = "public",
     return Submission(run, queue, created=True)
 
 
+def _send(run: TaskRun, schema_name: str, queue: str) -> None:
+    check_room(execute_task.app.conf.broker_url)  # BrokerFull: Redis is nearly full
+    execute_task.apply_async(args=[run.pk, schema_name], task_id=run.celery_task_id,
+                             queue=queue)
+
+
 def _publish(run: TaskRun, schema_name: str, queue: str) -> None:
-    sent = _publisher.submit(execute_task.apply_async, args=[run.pk, schema_name],
-                             task_id=run.celery_task_id, queue=queue)
+    sent = _publisher.submit(_send, run, schema_name, queue)
     wait([sent], timeout=PUBLISH_TIMEOUT)
     if sent.done() and sent.exception() is None:
         return
-    if sent.done():  # kombu OperationalError, redis errors (OOM...), OSError...
+    if sent.done():  # BrokerFull, kombu OperationalError, redis errors (OOM...), OSError...
         reason = "broker unavailable: " + broker_error_reason(sent.exception())
     else:
         sent.cancel()  # only succeeds if it never started: then it is never sent

@@ -30,6 +30,7 @@ from app.auth import tenant_schema
 from app.celery_app import celery_app
 from app.errors import (NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE,
                         UNSUPPORTED, ErrorBody)
+from config.broker_room import check_room
 from config.celery_settings import (OPERATION_KINDS, RUN_OPERATION, broker_error_reason,
                                     queue_for_operation)
 from config.payloads import IDEMPOTENCY_KEY_MAX, check_idempotency_key, check_storable
@@ -169,6 +170,7 @@ def _publish(handoff: Handoff, request: TaskRequest, schema: str, queue: str,
     the client gets (the first request's, for a repeat), None when the handler gave up."""
     if handoff.given_up:  # the executor started this late: the client has its 503
         return None
+    check_room(celery_app.conf.broker_url)  # BrokerFull: Redis is nearly full
     task_id, accepted, repeat = str(uuid.uuid4()), False, False
     try:
         if key is not None:
