@@ -10,7 +10,7 @@ ENQUEUE_MEMORY_LIMIT of ``maxmemory``: the rest stays for the work already accep
 import os
 import time
 
-from config.celery_settings import redis_client
+from config.broker import redis_client
 
 ENQUEUE_MEMORY_LIMIT = 0.9
 # One INFO per process and second at most: a burst of enqueues between two readings adds a few

@@ -1,97 +1,24 @@
 """Django settings of Trinity, read from the environment (12-factor).
 
-Variables (an empty value counts as unset; a bad one stops the process at start with one line
-that names the variable, exit 2, through config/startup.py):
-  DJANGO_SECRET_KEY           required; or DJANGO_SECRET_KEY_FILE, a file that holds it
-  DJANGO_DEBUG                boolean, default false
-  DJANGO_ALLOWED_HOSTS        comma list, default "localhost,127.0.0.1,web"
-  DJANGO_HTTPS                boolean, default false. True behind the TLS proxy: trust its
-                              X-Forwarded-Proto, redirect http to https (not /healthz, /livez),
-                              HSTS (with subdomains), secure session and CSRF cookies
-  DJANGO_HSTS_SECONDS         integer >= 0, default 31536000; used only with DJANGO_HTTPS
-  DJANGO_CSRF_TRUSTED_ORIGINS comma list of scheme://host[:port]; default https://<host> for
-                              every allowed host
-  DATABASE_URL                required, postgres://user[:pass]@host:5432/db
-  DATABASE_PASSWORD           password of DATABASE_URL's user when the URL holds none; or
-                              DATABASE_PASSWORD_FILE, a file that holds it
-  DATABASE_GATEWAY_USER       optional Postgres role of the FastAPI gateway; migrate_all_schemas
-                              grants it read access to the token lookup columns only
-  API_MAX_BODY_BYTES          integer >= 1, default 1048576: a larger API body answers 413
-                              (also Django's DATA_UPLOAD_MAX_MEMORY_SIZE)
-  DJANGO_LOG_LEVEL            default INFO
-Celery's variables are read by config/celery_settings.py, not here.
+Every variable read here is declared in config/variables.py (default, parser, meaning); a bad
+one stops the process at start with one line that names it, exit 2 (config/startup.py).
+Celery's variables are read by config/celery_settings.py.
 """
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
 
-from config.secret_files import SecretError, read_secret, url_with_password
+from config.secret_files import url_with_password
+from config.variables import read
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-env = environ.Env()
-
-# environ's bool() reads any unknown word as False; here only these words are accepted.
-_BOOL_WORDS = {*environ.Env.BOOLEAN_TRUE_STRINGS, "false", "off", "no", "n", "0"}
-
-
-def _raw(name: str) -> str:
-    return env.str(name, default="").strip()
-
-
-def _secret(name: str, required: bool = False) -> str | None:
-    try:
-        value = read_secret(name)
-    except SecretError as exc:
-        raise ImproperlyConfigured(str(exc)) from None
-    if required and not value:
-        raise ImproperlyConfigured(f"{name}: required, not set (nor {name}_FILE)")
-    return value
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = _raw(name).lower()
-    if not raw:
-        return default
-    if raw not in _BOOL_WORDS:
-        raise ImproperlyConfigured(f"{name}: must be a boolean (true/false/1/0), got {raw!r}")
-    return env.bool(name)
-
-
-def _list(name: str, default: list[str]) -> list[str]:
-    if not _raw(name):
-        return default
-    return [item for item in env.list(name, cast=str.strip) if item]
-
-
-def _int(name: str, default: int, minimum: int) -> int:
-    raw = _raw(name)
-    if not raw:
-        return default
-    try:
-        value = env.int(name)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise ImproperlyConfigured(f"{name}: must be an integer >= {minimum}, got {raw!r}")
-    return value
 
 
 def _database(name: str) -> dict:
-    url = _secret(name, required=True)
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-        raise ImproperlyConfigured(f"{name}: scheme must be postgres://, got {parts.scheme!r}")
-    try:
-        parts.port
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}: port must be an integer") from None
-    if not parts.hostname or not parts.path.strip("/"):
-        raise ImproperlyConfigured(f"{name}: expected postgres://user[:pass]@host:5432/dbname")
-    # Production: the URL names only the user, the password comes from a secret file.
-    config = env.db_url_config(url_with_password(url, _secret("DATABASE_PASSWORD")))
+    """DATABASES["default"] from a postgres:// URL (django-environ's db_url_config), with the
+    password from DATABASE_PASSWORD[_FILE] when the URL holds none (production)."""
+    config = environ.Env.db_url_config(url_with_password(read(name), read("DATABASE_PASSWORD")))
     # django-tenants switches search_path per schema through its own backend.
     config["ENGINE"] = "django_tenants.postgresql_backend"
     # Fail in seconds, not minutes, when Postgres is unreachable (health checks, start-up).
@@ -104,30 +31,22 @@ def _database(name: str) -> dict:
     return config
 
 
-def _trusted_origins(name: str, hosts: list[str]) -> list[str]:
-    origins = _list(name, [])
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ImproperlyConfigured(
-                f"{name}: every entry must be scheme://host[:port], got {origin!r}")
-    if origins:
-        return origins
+def _origins_of(hosts: list[str]) -> list[str]:
     # ".example.com" in ALLOWED_HOSTS means every subdomain; "*" has no origin form.
     return [f"https://*{host}" if host.startswith(".") else f"https://{host}"
             for host in hosts if host != "*"]
 
 
-SECRET_KEY = _secret("DJANGO_SECRET_KEY", required=True)
-DEBUG = _bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = _list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "web"])
-CSRF_TRUSTED_ORIGINS = _trusted_origins("DJANGO_CSRF_TRUSTED_ORIGINS", ALLOWED_HOSTS)
+SECRET_KEY = read("DJANGO_SECRET_KEY")
+DEBUG = read("DJANGO_DEBUG")
+ALLOWED_HOSTS = read("DJANGO_ALLOWED_HOSTS")
+CSRF_TRUSTED_ORIGINS = read("DJANGO_CSRF_TRUSTED_ORIGINS") or _origins_of(ALLOWED_HOSTS)
 
 # TLS ends at the proxy (images/proxy), which sets X-Forwarded-Proto and overwrites whatever a
 # client sent: that is what makes trusting the header safe. Read the HSTS value in any case, so
 # a bad one fails at start whatever DJANGO_HTTPS says.
-HTTPS = _bool("DJANGO_HTTPS", False)
-_HSTS_SECONDS = _int("DJANGO_HSTS_SECONDS", 31536000, minimum=0)
+HTTPS = read("DJANGO_HTTPS")
+_HSTS_SECONDS = read("DJANGO_HSTS_SECONDS")
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
@@ -143,12 +62,12 @@ SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 # Largest API request body in bytes: the views answer 413 above it, and Django's own limit on
 # reading a body is the same.
-API_MAX_BODY_BYTES = _int("API_MAX_BODY_BYTES", 1048576, minimum=1)
+API_MAX_BODY_BYTES = read("API_MAX_BODY_BYTES")
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 
 DATABASES = {"default": _database("DATABASE_URL")}
 # Postgres role of the FastAPI gateway (token lookups, read-only); None: grant nothing.
-DATABASE_GATEWAY_USER = _raw("DATABASE_GATEWAY_USER") or None
+DATABASE_GATEWAY_USER = read("DATABASE_GATEWAY_USER")
 DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
 
 # Tenancy: one Postgres schema per tenant. Orchestration is in both lists so every
@@ -229,9 +148,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-LOG_LEVEL = _raw("DJANGO_LOG_LEVEL").upper() or "INFO"
-if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-    raise ImproperlyConfigured(f"DJANGO_LOG_LEVEL: must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {LOG_LEVEL!r}")
+LOG_LEVEL = read("DJANGO_LOG_LEVEL")
 
 # Containers log to stdout; the platform collects it.
 LOGGING = {

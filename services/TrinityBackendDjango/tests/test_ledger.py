@@ -17,7 +17,7 @@ from apps.orchestration.ledger import Decision
 from apps.orchestration.models import TaskRun
 from apps.orchestration.tasks import execute_task, run_operation
 from config.celery import app
-from config.celery_settings import EXECUTE_TASK, GATEWAY_OWNER_KEY_PREFIX
+from apps.orchestration.operations import EXECUTE_TASK, GATEWAY_OWNER_KEY_PREFIX
 
 from .conftest import reload
 
@@ -35,7 +35,8 @@ def test_a_live_lease_keeps_a_second_delivery_from_starting(make_run, monkeypatc
     first = claim(run, "first")
     assert first.decision is Decision.RUN and first.owner == "first#1"
     calls = []
-    monkeypatch.setitem(operations.REGISTRY, "echo", lambda payload: calls.append(payload))
+    monkeypatch.setitem(operations.OPERATIONS, "echo",
+                        operations.Operation(lambda payload: calls.append(payload)))
     second = execute_task.apply(args=[run.pk, "public"])
     assert second.state == "IGNORED"
     assert calls == []
@@ -123,7 +124,8 @@ def test_one_row_per_celery_task_id(make_run):
 def test_run_operation_without_acceptance_never_runs(monkeypatch):
     monkeypatch.setattr(tasks, "ACCEPTANCE_WAIT", 0.3)
     calls = []
-    monkeypatch.setitem(operations.REGISTRY, "echo", lambda payload: calls.append(payload))
+    monkeypatch.setitem(operations.OPERATIONS, "echo",
+                        operations.Operation(lambda payload: calls.append(payload)))
     task_id = f"unaccepted-{uuid.uuid4()}"
     outcome = run_operation.apply(args=["echo", 1, "public"], kwargs={"await_acceptance": True},
                                   task_id=task_id)

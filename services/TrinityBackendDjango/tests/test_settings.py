@@ -69,10 +69,10 @@ def test_secrets_from_files(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"DJANGO_HTTPS": "maybe"}, "DJANGO_HTTPS: must be a boolean"),
-    ({"DJANGO_DEBUG": "yes please"}, "DJANGO_DEBUG: must be a boolean"),
+    ({"DJANGO_HTTPS": "maybe"}, "DJANGO_HTTPS: must be true or false"),
+    ({"DJANGO_DEBUG": "yes please"}, "DJANGO_DEBUG: must be true or false"),
     ({"DJANGO_HSTS_SECONDS": "-1"}, "DJANGO_HSTS_SECONDS: must be an integer >= 0"),
-    ({"API_MAX_BODY_BYTES": "1MB"}, "API_MAX_BODY_BYTES: must be an integer >= 1"),
+    ({"API_MAX_BODY_BYTES": "1MB"}, "API_MAX_BODY_BYTES: must be a positive integer"),
     ({"DJANGO_CSRF_TRUSTED_ORIGINS": "example.com"}, "DJANGO_CSRF_TRUSTED_ORIGINS: every entry"),
     ({"DJANGO_SECRET_KEY": None, "DJANGO_SECRET_KEY_FILE": "/nonexistent"},
      "DJANGO_SECRET_KEY_FILE: cannot read '/nonexistent'"),

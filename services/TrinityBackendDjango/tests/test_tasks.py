@@ -43,7 +43,8 @@ def test_second_run_returns_recorded_outcome(make_run, monkeypatch):
     run = make_run("echo", {"x": 1})
     first = execute_task.apply(args=[run.pk, "public"])
     calls = []
-    monkeypatch.setitem(operations.REGISTRY, "echo", lambda payload: calls.append(payload))
+    monkeypatch.setitem(operations.OPERATIONS, "echo",
+                        operations.Operation(lambda payload: calls.append(payload)))
     second = execute_task.apply(args=[run.pk, "public"])
     assert second.state == "SUCCESS"
     assert second.result["result"] == first.result["result"] == {"x": 1}

@@ -6,10 +6,10 @@ service uses (copied into this image), so both enqueue with identical routing.
 
 from celery import Celery
 
-from config.celery_settings import configure_or_exit, poll_results_only
+from config.celery_fixes import poll_results_only
+from config.celery_settings import configure_celery_app
 
-celery_app = Celery("trinity-fastapi")
-configure_or_exit(celery_app)
+celery_app = configure_celery_app(Celery("trinity-fastapi"))
 
 # Nothing here waits on a result's pub/sub channel: clients poll GET /tasks/{id}.
 poll_results_only(celery_app)

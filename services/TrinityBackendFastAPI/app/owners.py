@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 
 from app.celery_app import celery_app
-from config.celery_settings import GATEWAY_OWNER_KEY_PREFIX, redis_client
+from apps.orchestration.operations import GATEWAY_OWNER_KEY_PREFIX
+from config.broker import redis_client
 
 KEY_PREFIX = GATEWAY_OWNER_KEY_PREFIX
 IDEM_PREFIX = "trinity.gateway.idem:"

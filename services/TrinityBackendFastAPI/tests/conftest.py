@@ -1,9 +1,10 @@
-"""Make config/celery_settings.py importable and give the app a broker and a database URL.
+"""Make the Django project's shared modules importable and give the app a broker and a
+database URL.
 
-In the image, /app/config/celery_settings.py sits beside /app/app (an empty
-config/__init__.py with it). In the repository it lives in ../TrinityBackendDjango,
-whose config/__init__.py imports Django: so a bare ``config`` package pointing
-at that folder is registered instead, and only celery_settings.py is loaded.
+In the image, the Django-free modules of ../TrinityBackendDjango (config/celery_settings.py and
+its neighbours, apps/orchestration/operations.py) sit beside /app/app, copied by
+images/python/Dockerfile. In the repository, that project's config/__init__.py imports Django:
+so bare ``config`` and ``apps`` packages pointing at its folders are registered instead.
 """
 
 import importlib
@@ -24,16 +25,15 @@ os.environ.setdefault("GATEWAY_DATABASE_URL", "postgres://gateway@127.0.0.1:1/tr
 
 try:
     importlib.import_module("config.celery_settings")
-    importlib.import_module("config.secret_files")
 except ModuleNotFoundError:
-    django_config = Path(__file__).resolve().parents[2] / "TrinityBackendDjango" / "config"
-    if not (django_config / "celery_settings.py").is_file():
+    django_project = Path(__file__).resolve().parents[2] / "TrinityBackendDjango"
+    if not (django_project / "config" / "celery_settings.py").is_file():
         raise
-    package = types.ModuleType("config")
-    package.__path__ = [str(django_config)]
-    sys.modules["config"] = package
+    for name in ("config", "apps", "apps.orchestration"):
+        package = types.ModuleType(name)
+        package.__path__ = [str(django_project.joinpath(*name.split(".")))]
+        sys.modules[name] = package
     importlib.import_module("config.celery_settings")
-    importlib.import_module("config.secret_files")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 from app import owners
 from app.main import app
 from app.routes import tasks
-from config.celery_settings import GATEWAY_OWNER_KEY_PREFIX
+from apps.orchestration.operations import GATEWAY_OWNER_KEY_PREFIX
 from tests.helpers import AUTH_A, AUTH_B
 
 pytestmark = pytest.mark.usefixtures("live_redis", "token_lookup")

@@ -18,8 +18,8 @@ from app.celery_app import celery_app
 from app.main import app, create_app
 from app.settings import GatewaySettings
 from config.broker_room import BrokerFull
-from config.celery_settings import (OPERATION_KINDS, RUN_OPERATION, configure_celery_app,
-                                    queue_for_operation)
+from apps.orchestration.operations import OPERATIONS, RUN_OPERATION
+from config.celery_settings import configure_celery_app, queue_for_operation
 from tests.helpers import AUTH_A, AUTH_B
 
 client = TestClient(app)
@@ -48,7 +48,7 @@ def post(json=None, headers=AUTH_A, **kwargs):
 
 # -- enqueue ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("operation", sorted(OPERATION_KINDS))
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
 def test_post_sends_to_the_operation_queue_with_its_own_task_id(send_task, owner_keys, operation):
     response = post({"operation": operation, "payload": {"n": 10}})
     assert response.status_code == 202, response.text
@@ -452,7 +452,7 @@ def test_openapi_documents_the_operations_security_and_every_status_code():
     schema = client.get("/openapi.json").json()
     components = schema["components"]["schemas"]
     request = components["TaskRequest"]
-    assert request["properties"]["operation"]["enum"] == sorted(OPERATION_KINDS)
+    assert request["properties"]["operation"]["enum"] == sorted(OPERATIONS)
     assert "schema" not in request["properties"]
     assert request["additionalProperties"] is False
     assert request["properties"]["payload"]["$ref"] == "#/components/schemas/JsonValue"

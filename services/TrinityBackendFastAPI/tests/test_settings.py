@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import GatewaySettings, load_settings
-from config.celery_settings import SettingsError
+from config.variables import SettingsError
 
 URL = "postgres://trinity_gateway@postgres:5432/trinity"
 
@@ -61,7 +61,7 @@ def test_the_root_path_is_the_proxy_prefix():
 @pytest.mark.parametrize("env, message", [
     ({"GATEWAY_DATABASE_URL": ""}, "GATEWAY_DATABASE_URL: required"),
     ({"GATEWAY_DATABASE_URL": "mysql://u@h/d"}, "GATEWAY_DATABASE_URL: scheme must be"),
-    ({"GATEWAY_DATABASE_URL": "postgres://u@h:port/d"}, "GATEWAY_DATABASE_URL: not a valid URL"),
+    ({"GATEWAY_DATABASE_URL": "postgres://u@h:port/d"}, "GATEWAY_DATABASE_URL: port must be"),
     ({"GATEWAY_DATABASE_URL": "postgres://u@/d"}, "GATEWAY_DATABASE_URL: host is missing"),
     ({"GATEWAY_DATABASE_URL": "postgres://u@h:5432"}, "GATEWAY_DATABASE_URL: database name"),
     ({"GATEWAY_DATABASE_URL": "postgres://u:x@h/d", "GATEWAY_DATABASE_PASSWORD": "y"},
@@ -70,7 +70,7 @@ def test_the_root_path_is_the_proxy_prefix():
      "GATEWAY_DATABASE_PASSWORD: set either"),
     ({"GATEWAY_DATABASE_PASSWORD_FILE": "/nonexistent"}, "GATEWAY_DATABASE_PASSWORD_FILE: cannot read"),
     ({"TRINITY_ENV": "production", "GATEWAY_DATABASE_PASSWORD": "CHANGE-ME"},
-     "GATEWAY_DATABASE_URL: holds a placeholder"),
+     "GATEWAY_DATABASE_PASSWORD: holds a placeholder"),
     ({"FASTAPI_DOCS": "maybe"}, "FASTAPI_DOCS: must be true or false"),
     ({"FASTAPI_ROOT_PATH": "gateway"}, "FASTAPI_ROOT_PATH: must start with '/'"),
     ({"API_MAX_BODY_BYTES": "0"}, "API_MAX_BODY_BYTES: must be a positive integer"),
@@ -105,7 +105,7 @@ def test_a_bad_gateway_variable_stops_the_start_with_one_line():
     result = _start({"GATEWAY_DATABASE_URL": "postgres://u:secret@db:x/d"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "configuration error: GATEWAY_DATABASE_URL: not a valid URL, got "
+        "configuration error: GATEWAY_DATABASE_URL: port must be an integer, got "
         "'postgres://u:***@db:x/d'")
     result = _start({"GATEWAY_DATABASE_URL": " "})
     assert result.returncode == 2

@@ -33,8 +33,10 @@ from django_tenants.utils import schema_context
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from apps.orchestration.models import TaskRun
-from apps.orchestration.schemas import all_schemas
-from config.celery_settings import EXECUTE_TASK, queue_for_operation, redis_client
+from apps.tenants.schemas import all_schemas
+from apps.orchestration.operations import EXECUTE_TASK
+from config.broker import redis_client
+from config.celery_settings import queue_for_operation
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status

@@ -1,13 +1,33 @@
-"""The operations a TaskRun can run: name -> callable(payload) -> JSON-serializable result.
+"""The operations a TaskRun can run, and the names of the tasks that run them.
 
-Names and queue kinds are declared in config.celery_settings.OPERATION_KINDS (shared with
-FastAPI); this module holds the code. Every operation is idempotent: running it twice
-gives the same result and changes nothing else, which is what makes late acks safe.
+An operation is added here and nowhere else: a function (payload -> JSON-serializable result)
+and one line in OPERATIONS with the kind of queue it belongs on. No migration: TaskRun.operation
+is free text, checked against OPERATIONS where work is submitted (services.submit_task_run, the
+gateway's TaskRequest, the admin's form) and again by the task that runs it.
+
+Standard library only: the FastAPI image carries this module (images/python/Dockerfile), so the
+gateway validates and routes operations and names the tasks it publishes without Django. Every
+operation is idempotent: running it twice gives the same result and changes nothing else, which
+is what makes late acks safe.
 """
 
-import time
+from __future__ import annotations
 
-from config.celery_settings import OPERATION_KINDS
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Celery task names (apps/orchestration/tasks.py registers them under these names).
+EXECUTE_TASK = "apps.orchestration.tasks.execute_task"
+RUN_OPERATION = "apps.orchestration.tasks.run_operation"
+MARK_STUCK_TASK_RUNS = "apps.orchestration.tasks.mark_stuck_task_runs"
+
+# The gateway's acceptance record: written to the broker's Redis once FastAPI has told its client
+# 202 (value: the tenant's schema). A run_operation sent with await_acceptance=True waits up to
+# ACCEPTANCE_WAIT seconds for it and does not run without it, so a 503 is never a phantom.
+GATEWAY_OWNER_KEY_PREFIX = "trinity.gateway.owner:"
+ACCEPTANCE_WAIT = 10
 
 SLEEP_MAX_SECONDS = 300  # stays far below the visibility timeout
 PRIMES_DEFAULT_N = 200_000
@@ -16,6 +36,10 @@ PRIMES_MAX_N = 20_000_000  # ~20 MB sieve, a few seconds of CPU
 
 class OperationError(Exception):
     """An operation refused its payload or failed on purpose."""
+
+
+class UnknownOperation(ValueError):
+    """The name is not in OPERATIONS; the message lists the known ones."""
 
 
 def _number(payload, key: str, default):
@@ -63,15 +87,31 @@ def fail(payload):
     raise OperationError(f"fail: this operation always fails (payload: {payload!r})")
 
 
-REGISTRY = {"noop": noop, "echo": echo, "sleep": sleep, "primes": primes, "fail": fail}
+@dataclass(frozen=True)
+class Operation:
+    run: Callable[[Any], Any]
+    # The queue it is sent to (config/celery_settings.py names each kind's queue): "cpu" for
+    # work that needs a core (prefork pool), "io" for waiting (threads pool), else "default".
+    kind: str = "default"
 
-# The shared table and this registry must name the same operations.
-assert set(REGISTRY) == set(OPERATION_KINDS), "operations.REGISTRY and OPERATION_KINDS differ"
+
+OPERATIONS: dict[str, Operation] = {
+    "noop": Operation(noop),
+    "echo": Operation(echo),
+    "sleep": Operation(sleep, kind="io"),
+    "primes": Operation(primes, kind="cpu"),
+    "fail": Operation(fail),
+}
+
+
+def operation(name) -> Operation:
+    """The operation called ``name``; UnknownOperation for any other name (or a non-string)."""
+    found = OPERATIONS.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise UnknownOperation(f"unknown operation {name!r}; known operations: "
+                               f"{', '.join(sorted(OPERATIONS))}")
+    return found
 
 
 def run(name: str, payload):
-    try:
-        func = REGISTRY[name]
-    except KeyError:
-        raise OperationError(f"unknown operation {name!r}") from None
-    return func(payload)
+    return operation(name).run(payload)

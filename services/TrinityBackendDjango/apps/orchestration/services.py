@@ -20,7 +20,8 @@ from django_tenants.utils import schema_context
 from apps.orchestration.models import TaskRun
 from apps.orchestration.tasks import execute_task
 from config.broker_room import check_room
-from config.celery_settings import broker_error_reason, queue_for_operation
+from config.broker import broker_error_reason
+from config.celery_settings import queue_for_operation
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,10 @@ from django_tenants.utils import schema_context
 from apps.orchestration import backstop, ledger, operations
 from apps.orchestration.ledger import Decision, TaskRunError
 from apps.orchestration.models import TaskRun
-from apps.orchestration.schemas import UnknownSchema, check_schema
-from config.celery_settings import (ACCEPTANCE_WAIT, DEFAULT_WORKER_LOST_MAX,
-                                    GATEWAY_OWNER_KEY_PREFIX, queue_for_operation, redis_client)
+from apps.tenants.schemas import UnknownSchema, check_schema
+from apps.orchestration.operations import (ACCEPTANCE_WAIT, EXECUTE_TASK, GATEWAY_OWNER_KEY_PREFIX,
+                                           MARK_STUCK_TASK_RUNS, RUN_OPERATION)
+from config.broker import redis_client
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status
@@ -103,7 +104,7 @@ def _execute(task, task_run_id, schema_name: str) -> dict:
             redelivered=bool((request.delivery_info or {}).get("redelivered")),
             retry=bool(request.retries),
             lease_seconds=conf.task_time_limit or 0,
-            lost_max=conf.get("trinity_worker_lost_max", DEFAULT_WORKER_LOST_MAX))
+            lost_max=conf.trinity_worker_lost_max)
         run = claim.run
         if claim.decision is Decision.BUSY:
             logger.info("TaskRun %s in %s is running under %s: this delivery does not start it",
@@ -131,17 +132,17 @@ def _execute(task, task_run_id, schema_name: str) -> dict:
 DB_RETRY = {"autoretry_for": (OperationalError, InterfaceError), "max_retries": 6,
             "retry_backoff": 1, "retry_backoff_max": 15, "retry_jitter": False}
 # Operations can run for minutes: report STARTED so monitor/inspect show them as running
-# (the app-wide default is off, see celery_settings).
+# (the app-wide default is off: config/celery_settings.py).
 ORCHESTRATION = {**DB_RETRY, "track_started": True}
 
 
-@shared_task(bind=True, name="apps.orchestration.tasks.execute_task", **ORCHESTRATION)
+@shared_task(bind=True, name=EXECUTE_TASK, **ORCHESTRATION)
 def execute_task(self, task_run_id, schema_name="public"):
     """Run TaskRun ``task_run_id`` of ``schema_name`` and record its outcome."""
     return _execute(self, task_run_id, schema_name)
 
 
-@shared_task(bind=True, name="apps.orchestration.tasks.run_operation", **ORCHESTRATION)
+@shared_task(bind=True, name=RUN_OPERATION, **ORCHESTRATION)
 def run_operation(self, operation, payload=None, schema_name="public", await_acceptance=False):
     """Create a TaskRun (celery_task_id = this task's id) in ``schema_name`` and run it.
 
@@ -149,7 +150,7 @@ def run_operation(self, operation, payload=None, schema_name="public", await_acc
     told its client 202; without that record within ACCEPTANCE_WAIT seconds the row ends
     FAILURE "not accepted" and the operation does not run, so a 503 is never a phantom.
     """
-    queue_for_operation(operation)  # unknown operation: FAILURE with a clear message
+    operations.operation(operation)  # UnknownOperation: FAILURE naming the known operations
     try:
         check_schema(schema_name)
     except UnknownSchema as exc:
@@ -206,7 +207,7 @@ def _accepted(task_id: str) -> bool:
 
 
 # Nobody reads the beat job's return value (it logs what it did): store no result.
-@shared_task(name="apps.orchestration.tasks.mark_stuck_task_runs", ignore_result=True)
+@shared_task(name=MARK_STUCK_TASK_RUNS, ignore_result=True)
 def mark_stuck_task_runs():
     """Publish again the TaskRuns whose message the broker lost, and close those nobody will
     finish, in every schema; return counts per schema."""

@@ -7,6 +7,7 @@ token's tenant is the schema they work in. No session, cookie or request field p
 import json
 import logging
 
+from celery import states
 from celery.result import AsyncResult
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -19,12 +20,11 @@ from django_tenants.utils import schema_context
 from apps.orchestration.models import TaskRun
 from apps.orchestration.services import BrokerUnavailable, IdempotencyConflict, submit_task_run
 from apps.tenants.tokens import bearer_token, tenant_for
-from config.celery_settings import UnknownOperation, broker_ping, queue_for_operation
+from apps.orchestration.operations import UnknownOperation, operation as known_operation
+from config.broker import broker_ping
 from config.payloads import MAX_DEPTH, check_idempotency_key, check_storable
 
 logger = logging.getLogger(__name__)
-
-FINAL_CELERY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 
 def _error(status: int, reason: str) -> JsonResponse:
@@ -105,7 +105,7 @@ def task_runs(request):
         return _error(400, f"unknown fields: {', '.join(sorted(unknown))}")
     operation, payload = body.get("operation"), body.get("payload")
     try:
-        queue_for_operation(operation)
+        known_operation(operation)
     except UnknownOperation as exc:
         return _error(400, str(exc))
     try:
@@ -135,8 +135,8 @@ def _celery_view(task_id: str) -> dict:
         result = AsyncResult(task_id)
         state = result.state
         data = {"state": state}
-        if state in FINAL_CELERY_STATES:
-            data["result"] = result.result if state == "SUCCESS" else str(result.result)
+        if state in states.READY_STATES:
+            data["result"] = result.result if state == states.SUCCESS else str(result.result)
         return data
     except Exception as exc:
         return {"state": None, "error": f"result backend unavailable: {exc}"}

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from app import tokens
 from app.celery_app import celery_app
-from config.celery_settings import broker_ping
+from config.broker import broker_ping
 
 router = APIRouter()
 log = logging.getLogger("trinity.gateway.health")

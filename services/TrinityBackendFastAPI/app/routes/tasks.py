@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
+from celery import states
 from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Header, HTTPException, status
 from fastapi.exceptions import RequestValidationError
@@ -31,8 +32,9 @@ from app.celery_app import celery_app
 from app.errors import (NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE,
                         UNSUPPORTED, ErrorBody)
 from config.broker_room import check_room
-from config.celery_settings import (OPERATION_KINDS, RUN_OPERATION, broker_error_reason,
-                                    queue_for_operation)
+from apps.orchestration.operations import OPERATIONS, RUN_OPERATION
+from config.broker import broker_error_reason
+from config.celery_settings import queue_for_operation
 from config.payloads import IDEMPOTENCY_KEY_MAX, check_idempotency_key, check_storable
 
 log = logging.getLogger("trinity.gateway.tasks")
@@ -48,9 +50,8 @@ ACCEPT_TIMEOUT = 4.0
 # reply is back before the handler gives up.
 REPLY_MARGIN = 0.5
 RESULT_TIMEOUT = 3.0
-FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
-Operation = Literal[tuple(sorted(OPERATION_KINDS))]  # an enum in the OpenAPI document
+Operation = Literal[tuple(sorted(OPERATIONS))]  # an enum in the OpenAPI document
 
 IdempotencyKey = Annotated[str, Header(  # absent: None (a header has no null)
     alias="Idempotency-Key",
@@ -118,8 +119,6 @@ async def _in_thread(func, timeout: float, what: str):
         return await asyncio.wait_for(loop.run_in_executor(None, func), timeout)
     except TimeoutError:
         raise _unavailable(what, f"no answer within {timeout:g} s") from None
-    except HTTPException:
-        raise
     except Exception as exc:  # kombu OperationalError, redis errors (OOM...), OSError...
         raise _unavailable(what, broker_error_reason(exc)) from None  # Redis's own refusal
 
@@ -253,16 +252,19 @@ async def create_task(request: TaskRequest, schema: str = Depends(tenant_schema)
             responses={**UNAUTHORIZED, **NOT_FOUND, **RATE_LIMITED, **UNAVAILABLE})
 async def task_state(task_id: str, schema: str = Depends(tenant_schema)) -> TaskState:
     """The state of a task this tenant sent (404 for any other)."""
-    def read():
+    def read() -> TaskState | None:
         if owners.owner_of(task_id) != schema:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such task")
+            return None
         result = AsyncResult(task_id, app=celery_app)
         state = result.state
         body = {"task_id": task_id, "state": state}
-        if state == "SUCCESS":
+        if state == states.SUCCESS:
             body["result"] = result.result
-        elif state in FINAL_STATES:
+        elif state in states.READY_STATES:
             body["error"] = str(result.result)
         return TaskState(**body)
 
-    return await _in_thread(read, RESULT_TIMEOUT, "result backend unavailable")
+    found = await _in_thread(read, RESULT_TIMEOUT, "result backend unavailable")
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such task")
+    return found

@@ -16,16 +16,16 @@ import json
 import threading
 import time
 
+from celery import states
 from celery.result import AsyncResult
 from django.core.management.base import BaseCommand, CommandError
 from django_tenants.utils import schema_context
 
 from apps.orchestration.models import TaskRun
-from apps.orchestration.schemas import UnknownSchema, check_schema
+from apps.tenants.schemas import UnknownSchema, check_schema
 from config.celery import app
-from config.celery_settings import EXECUTE_TASK, RUN_OPERATION
+from apps.orchestration.operations import EXECUTE_TASK, RUN_OPERATION
 
-FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 INSPECT_TIMEOUT = 1.0
 
 
@@ -53,8 +53,8 @@ def backend_view(task_id: str) -> dict:
         state = result.state
         view = {"state": state, "name": result.name, "args": result.args,
                 "worker": getattr(result, "worker", None)}
-        if state in FINAL:
-            view["result"] = result.result if state == "SUCCESS" else repr(result.result)
+        if state in states.READY_STATES:
+            view["result"] = result.result if state == states.SUCCESS else repr(result.result)
         date_done = result.date_done
         view["date_done"] = date_done.isoformat() if hasattr(date_done, "isoformat") else date_done
         return view
@@ -149,7 +149,8 @@ class Command(BaseCommand):
         record = database.get("record") or {}
         found = bool(database["found"] or workers["workers"]
                      or backend.get("state") not in (None, "PENDING"))
-        final = backend.get("state") in FINAL or record.get("status") in ("SUCCESS", "FAILURE")
+        final = (backend.get("state") in states.READY_STATES
+                 or record.get("status") in TaskRun.FINAL)
         return {"task_id": task_id, "found": found, "final": final, "result_backend": backend,
                 "inspect": workers, "database": database}
 

@@ -1,12 +1,9 @@
 """Create a tenant and its schema (migrated) if missing: `create_tenant_schema NAME`."""
 
-import re
-
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.tenants.models import Client, Domain
-
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+from apps.tenants.schemas import SCHEMA_NAME
 
 
 class Command(BaseCommand):

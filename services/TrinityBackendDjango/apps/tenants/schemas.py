@@ -1,4 +1,5 @@
-"""Which tenant schemas exist: 'public' plus one per tenant (Client) row."""
+"""Tenant schemas: what a schema name may be, and which exist ('public' plus one per tenant
+(Client) row)."""
 
 import re
 
@@ -6,6 +7,7 @@ from django_tenants.utils import get_public_schema_name, schema_context, schema_
 
 from apps.tenants.models import Client
 
+# A Postgres identifier that needs no quoting: lowercase, at most 63 characters.
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
