@@ -1,276 +1,208 @@
 #!/usr/bin/env python3
-"""`make check-config`: the env files, the compose templates and celery_settings.py agree.
+"""`make check-config`: the env files, compose files, images' scripts and the README agree with
+the one declaration of every variable, services/TrinityBackendDjango/config/variables.py.
 
-    .venv/bin/python scripts/check_config.py [--root DIR]
+    .venv/bin/python scripts/check_config.py [--root DIR] [--write-readme]
 
-The Celery/Redis variables are the ones `config/celery_settings.py` reads: every
-`_get(environ, "NAME")`, `_positive_int(environ, "NAME", ...)`, `_queue_name(environ, "NAME", ...)`
-(and `environ.get("NAME")`, `os.getenv("NAME")`) found by parsing its source with `ast`, plus the
-CELERY_*/REDIS_URL rows of its docstring's table; the code and the table must agree. A row
-described "per worker ..." (CELERY_WORKER_QUEUES) is set per service, so it is not required below.
-Then:
+- every name an env file sets, a compose file interpolates or gives a service, or an image's
+  script takes with a default (${NAME:-...}) is declared (NAME_FILE: for a secret NAME);
+- each env file sets every variable declared for it;
+- a default written outside the code equals the declared one, and a variable whose default is
+  in the code gets none elsewhere (compose passes ${NAME:-});
+- in each template, every service that runs a reader of a variable its env file sets receives
+  it, and not as a fixed value that would hide the env file's (`docker compose config`);
+- the README's "Environment" table is the declaration's (--write-readme rewrites it).
 
-  envs/dev.env, envs/prod.env           name every variable (prod.env: when it exists; it must
-                                        exist once docker-compose.example.yml does)
-  x-celery-env of the compose templates has every variable as a key, no other CELERY_* key, and
-                                        each value reads its own ${NAME} (else the env file's value
-                                        would be ignored)
-  every service running Django/Celery   (image trinity/django or trinity/fastapi, or build target
-  or FastAPI                            django/fastapi) has every x-celery-env key in its resolved
-                                        environment, i.e. merges the anchor
-
-Prints one line per problem (`envs/prod.env: missing CELERY_IO_QUEUE (named by
-config/celery_settings.py)`) and exits 1; else `check-config: OK (N variables, M files)`.
+Prints one line per problem and exits 1; else `check-config: OK (N variables, M files)`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
+import importlib
+import json
 import re
+import subprocess
 import sys
+import types
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = Path("services/TrinityBackendDjango/config/celery_settings.py")
-SETTINGS_NAME = "config/celery_settings.py"  # how messages name it
-ENV_FILES = (Path("envs/dev.env"), Path("envs/prod.env"))
-DEV_COMPOSE = Path("docker-compose-dev.example.yml")
-PROD_COMPOSE = Path("docker-compose.example.yml")
-PROD_ENV = Path("envs/prod.env")
-ANCHOR = "x-celery-env"
+DJANGO = ROOT / "services/TrinityBackendDjango"
+DECLARATION = "config/variables.py"
+TEMPLATES = {"docker-compose-dev.example.yml": "dev", "docker-compose.example.yml": "prod"}
+README = "README.md"
+TABLE_HEAD = "| variable | default | meaning |"
 
-# Helpers of celery_settings.py whose second argument is a variable name, and mapping methods
-# whose first argument is one.
-NAME_ARG_HELPERS = {"_get": 1, "_positive_int": 1, "_queue_name": 1, "_redis_url": 0}
-ENV_LOOKUPS = {"get", "getenv", "__getitem__", "pop"}
-VARIABLE = re.compile(r"^(?:CELERY_[A-Z0-9_]+|REDIS_URL)$")
-TABLE_ROW = re.compile(r"^\s*(CELERY_[A-Z0-9_]+|REDIS_URL)(?=\s|$)", re.MULTILINE)
-PER_SERVICE_ROW = re.compile(r"^\s*(CELERY_[A-Z0-9_]+|REDIS_URL)\s+per[ -](?:worker|service)\b",
-                             re.MULTILINE | re.IGNORECASE)
-APP_IMAGE = re.compile(r"(?:^|/)trinity/(?:django|fastapi)(?::|$)")
-APP_TARGETS = {"django", "fastapi"}
+NAME = r"[A-Z][A-Z0-9_]*"
+ENV_LINE = re.compile(rf"^\s*(?:export\s+)?({NAME})\s*=", re.MULTILINE)
+REFERENCE = re.compile(rf"\$\{{({NAME})")  # any ${NAME...}
+INPUT = re.compile(rf"\$\{{({NAME}):?[-=?+]")  # ${NAME:-...}: a script's configurable input
+LITERAL_DEFAULT = re.compile(rf"\$\{{({NAME}):?[-=]([^}}$]+)\}}")
+APP_ROLES = {"django": {"celery", "django"}, "fastapi": {"celery", "gateway"}}
 
 
-# ---- celery_settings.py ------------------------------------------------------------------------
-
-def variables_in_code(source: str) -> set[str]:
-    """Variable names the module reads, found in its AST (never by importing it)."""
-    names: set[str] = set()
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        candidates = []
-        if isinstance(func, ast.Name) and func.id in NAME_ARG_HELPERS:
-            position = NAME_ARG_HELPERS[func.id]
-            candidates = node.args[position:position + 1]
-            candidates += [kw.value for kw in node.keywords if kw.arg == "name"]
-        elif isinstance(func, ast.Attribute) and func.attr in ENV_LOOKUPS and node.args:
-            candidates = node.args[:1]
-        for arg in candidates:
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str) \
-                    and VARIABLE.match(arg.value):
-                names.add(arg.value)
-    for node in ast.walk(tree):  # os.environ["NAME"]
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
-                and isinstance(node.slice.value, str) and VARIABLE.match(node.slice.value):
-            names.add(node.slice.value)
-    return names
+def load_variables():
+    """config/variables.py of this repository, without the Django project's config/__init__."""
+    if "config.variables" not in sys.modules:
+        package = types.ModuleType("config")
+        package.__path__ = [str(DJANGO / "config")]
+        sys.modules.setdefault("config", package)
+    return importlib.import_module("config.variables")
 
 
-def variables_in_docstring(source: str) -> set[str]:
-    """The CELERY_*/REDIS_URL names that start a line of the module docstring (its table)."""
-    doc = ast.get_docstring(ast.parse(source)) or ""
-    return set(TABLE_ROW.findall(doc))
+def _uncommented(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
-def per_service_variables(source: str) -> set[str]:
-    """Table rows described as "per worker"/"per service": set by one service, not shared.
+class Checker:
+    def __init__(self, root: Path):
+        self.root = root
+        self.variables = load_variables()
+        self.declared = self.variables.BY_NAME
+        self.problems: list[str] = []
+        self.files = 0
 
-    They stay out of the env files and the anchor (compose sets them on the service that
-    needs them, e.g. CELERY_WORKER_QUEUES on each prod worker).
-    """
-    doc = ast.get_docstring(ast.parse(source)) or ""
-    return set(PER_SERVICE_ROW.findall(doc))
+    def known(self, name: str) -> bool:
+        base = name.removesuffix("_FILE")
+        return name in self.declared or (base != name and base in self.declared
+                                         and self.declared[base].secret)
 
+    def read(self, rel: str) -> str | None:
+        path = self.root / rel
+        if not path.is_file():
+            self.problems.append(f"{rel}: missing")
+            return None
+        self.files += 1
+        return path.read_text()
 
-def settings_variables(source: str) -> tuple[set[str], list[str]]:
-    """(the shared variables named by the module, problems where its code and table disagree)."""
-    code, table = variables_in_code(source), variables_in_docstring(source)
-    problems = []
-    for name in sorted(code - table):
-        problems.append(f"{SETTINGS_NAME}: reads {name} but its docstring table does not list it")
-    for name in sorted(table - code):
-        problems.append(f"{SETTINGS_NAME}: docstring table lists {name} but the code never "
-                        "reads it")
-    if not code | table:
-        problems.append(f"{SETTINGS_NAME}: no CELERY_*/REDIS_URL variable found "
-                        "(did the helpers change names?)")
-    return (code | table) - per_service_variables(source), problems
+    def env_files(self) -> None:
+        for env in ("dev", "prod"):
+            rel = f"envs/{env}.env"
+            text = self.read(rel)
+            if text is None:
+                continue
+            names = set(ENV_LINE.findall(_uncommented(text)))
+            self.problems += [f"{rel}: {n} is not declared in {DECLARATION}"
+                              for n in sorted(names) if not self.known(n)]
+            self.problems += [f"{rel}: missing {v.name} (declared for it in {DECLARATION})"
+                              for v in self.variables.VARIABLES
+                              if env in v.files and v.name not in names]
 
+    def references(self, rel: str, text: str, pattern: re.Pattern) -> None:
+        text = _uncommented(text)
+        for name in sorted(set(pattern.findall(text))):
+            if not self.known(name):
+                self.problems.append(f"{rel}: {name} is not declared in {DECLARATION}")
+        for name, default in LITERAL_DEFAULT.findall(text):
+            variable = self.declared.get(name)
+            if variable is None:
+                continue
+            if variable.parse is not None:
+                self.problems.append(f"{rel}: {name} defaults to {default!r} here; leave the "
+                                     f"default to the code (${{{name}:-}})")
+            elif default != variable.default:
+                self.problems.append(f"{rel}: {name} defaults to {default!r} here, "
+                                     f"{variable.default!r} in {DECLARATION}")
 
-# ---- env files ---------------------------------------------------------------------------------
+    def compose_and_scripts(self) -> None:
+        for path in sorted([*self.root.glob("*.example.yml"), *self.root.glob("compose/*.yml")]):
+            self.files += 1
+            self.references(str(path.relative_to(self.root)), path.read_text(), REFERENCE)
+        for path in sorted(self.root.glob("images/*/*")):
+            if path.is_file() and path.name != "Dockerfile":
+                self.files += 1
+                self.references(str(path.relative_to(self.root)), path.read_text(), INPUT)
 
-_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+    def services(self, template: str) -> dict:
+        proc = subprocess.run(["docker", "compose", "-f", template, "config", "--no-interpolate",
+                               "--format", "json"], cwd=self.root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            self.problems.append(f"{template}: docker compose config failed: "
+                                 f"{proc.stderr.strip()[-500:]}")
+            return {}
+        return json.loads(proc.stdout).get("services") or {}
 
+    def service_environments(self) -> None:
+        for template, env in TEMPLATES.items():
+            if not (self.root / template).is_file():
+                self.problems.append(f"{template}: missing")
+                continue
+            for name, service in self.services(template).items():
+                self.service(f"{template}: service {name}", env, service)
 
-def env_file_names(text: str) -> set[str]:
-    """Names assigned in a dotenv file (comments and blank lines ignored)."""
-    names = set()
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        match = _ENV_LINE.match(line)
+    def service(self, label: str, env: str, service: dict) -> None:
+        environment = service.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.partition("=")[::2] for item in environment)
+        self.problems += [f"{label}: {key} is not declared in {DECLARATION}"
+                          for key in sorted(environment) if not self.known(key)]
+        roles = set()
+        match = re.search(r"trinity/(django|fastapi|proxy|postgres|redis)\b|\b(mongo)\b",
+                          str(service.get("image") or ""))
         if match:
-            names.add(match.group(1))
-    return names
+            role = match.group(1) or match.group(2)
+            roles = set(APP_ROLES.get(role, {role}))
+        command = service.get("command") or [""]
+        roles.add(str(command[0] if isinstance(command, list) else command.split()[0]))
+        for variable in self.variables.VARIABLES:
+            if env not in variable.files or not roles & set(variable.read_by):
+                continue
+            value = environment.get(variable.name)
+            if value is None and not (variable.secret and f"{variable.name}_FILE" in environment):
+                self.problems.append(f"{label}: lacks {variable.name}, which envs/{env}.env "
+                                     "sets (pass it: ${" + variable.name + ":-})")
+            elif value is not None and "${" not in str(value):
+                self.problems.append(f"{label}: {variable.name} is fixed to {value!r}, so "
+                                     f"envs/{env}.env's {variable.name} is ignored")
+
+    def readme(self, write: bool) -> None:
+        text = self.read(README)
+        if text is None:
+            return
+        lines = text.splitlines(keepends=True)
+        if TABLE_HEAD + "\n" not in lines:
+            self.problems.append(f"{README}: no table headed {TABLE_HEAD!r}")
+            return
+        start = lines.index(TABLE_HEAD + "\n")
+        end = start
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        table = self.variables.markdown()
+        if "".join(lines[start:end]) == table:
+            return
+        if write:
+            (self.root / README).write_text("".join(lines[:start]) + table + "".join(lines[end:]))
+            print(f"{README}: Environment table rewritten from {DECLARATION}")
+        else:
+            self.problems.append(f"{README}: the Environment table differs from {DECLARATION} "
+                                 "(scripts/check_config.py --write-readme rewrites it)")
 
 
-# ---- compose templates -------------------------------------------------------------------------
-
-class _ComposeLoader(yaml.SafeLoader):
-    """SafeLoader (which resolves `<<` merges) that also accepts compose's !reset/!override."""
-
-
-def _construct_any(loader, suffix, node):
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)
-
-
-_ComposeLoader.add_multi_constructor("!", _construct_any)
-
-
-def load_compose(text: str) -> dict:
-    data = yaml.load(text, Loader=_ComposeLoader)  # noqa: S506 (SafeLoader subclass)
-    return data if isinstance(data, dict) else {}
-
-
-def environment_keys(environment) -> set[str]:
-    """Keys of a service's `environment:` (mapping, or list of KEY=VALUE / KEY)."""
-    if isinstance(environment, dict):
-        return {str(key) for key in environment}
-    if isinstance(environment, list):
-        return {str(item).split("=", 1)[0] for item in environment}
-    return set()
-
-
-def is_app_service(service: dict) -> bool:
-    """Runs Django, Celery or FastAPI: a trinity/django|fastapi image or build target."""
-    if not isinstance(service, dict):
-        return False
-    build = service.get("build")
-    if isinstance(build, dict) and build.get("target") in APP_TARGETS:
-        return True
-    return bool(APP_IMAGE.search(str(service.get("image") or "")))
-
-
-def _reads_itself(name: str, value) -> bool:
-    return re.search(r"\$\{?" + re.escape(name) + r"(?![A-Za-z0-9_])", str(value or "")) is not None
-
-
-def check_compose(label: str, text: str, variables: set[str],
-                  per_service: frozenset[str] = frozenset()) -> list[str]:
-    try:
-        data = load_compose(text)
-    except yaml.YAMLError as exc:
-        return [f"{label}: not valid YAML ({exc})"]
-    anchor = data.get(ANCHOR)
-    if not isinstance(anchor, dict):
-        return [f"{label}: no {ANCHOR} mapping (the shared Celery environment)"]
-    problems = []
-    keys = set(anchor)
-    for name in sorted(variables - keys):
-        problems.append(f"{label}: {ANCHOR}: missing {name} (named by {SETTINGS_NAME})")
-    for name in sorted(k for k in keys - variables - per_service if VARIABLE.match(k)):
-        problems.append(f"{label}: {ANCHOR}: {name} is not read by {SETTINGS_NAME}")
-    for name in sorted(keys & variables):
-        if not _reads_itself(name, anchor[name]):
-            problems.append(f"{label}: {ANCHOR}: {name}: {anchor[name]!r} does not read "
-                            f"${{{name}}} (the env file's value would be ignored)")
-    services = data.get("services") or {}
-    app_services = [name for name, svc in services.items() if is_app_service(svc)]
-    if not app_services:
-        problems.append(f"{label}: no service runs Django, Celery or FastAPI "
-                        "(image trinity/django|fastapi or build target django|fastapi)")
-    for name in app_services:
-        missing = keys - environment_keys(services[name].get("environment"))
-        if missing:
-            problems.append(f"{label}: service {name}: environment lacks "
-                            f"{', '.join(sorted(missing))} of {ANCHOR} (merge the anchor: "
-                            f"<<: *celery-env)")
-    return problems
-
-
-# ---- all of it ---------------------------------------------------------------------------------
-
-def check(root: Path) -> tuple[list[str], list[str], set[str], list[Path]]:
-    """(problems, notes, variables, files checked) for the repository at ``root``."""
-    problems: list[str] = []
-    notes: list[str] = []
-    checked: list[Path] = []
-    settings = root / SETTINGS
-    if not settings.is_file():
-        return [f"{SETTINGS}: not found"], notes, set(), checked
-    source = settings.read_text()
-    variables, settings_problems = settings_variables(source)
-    per_service = frozenset(per_service_variables(source))
-    problems += settings_problems
-    checked.append(SETTINGS)
-
-    prod_compose_exists = (root / PROD_COMPOSE).is_file()
-    missing_files = []
-    for rel in ENV_FILES:
-        path = root / rel
-        if not path.is_file():
-            if rel == PROD_ENV and prod_compose_exists:
-                problems.append(f"{rel}: missing (required: {PROD_COMPOSE} exists)")
-            elif rel == PROD_ENV:
-                missing_files.append(rel)
-            else:
-                problems.append(f"{rel}: missing")
-            continue
-        checked.append(rel)
-        names = env_file_names(path.read_text())
-        for name in sorted(variables - names):
-            problems.append(f"{rel}: missing {name} (named by {SETTINGS_NAME})")
-
-    for rel in (DEV_COMPOSE, PROD_COMPOSE):
-        path = root / rel
-        if not path.is_file():
-            if rel == DEV_COMPOSE:
-                problems.append(f"{rel}: missing")
-            else:
-                missing_files.append(rel)
-            continue
-        checked.append(rel)
-        problems += check_compose(str(rel), path.read_text(), variables, per_service)
-
-    if missing_files:
-        notes.append("check-config: not present, not checked: "
-                     + ", ".join(str(p) for p in missing_files))
-    return problems, notes, variables, checked
+def check(root: Path, write_readme: bool = False) -> Checker:
+    checker = Checker(root)
+    checker.env_files()
+    checker.compose_and_scripts()
+    checker.service_environments()
+    checker.readme(write_readme)
+    return checker
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="rewrite the README's Environment table from the declaration")
     args = parser.parse_args(argv)
-    problems, notes, variables, checked = check(args.root)
-    for note in notes:
-        print(note)
-    for problem in problems:
+    checker = check(args.root, args.write_readme)
+    for problem in checker.problems:
         print(problem)
-    if problems:
-        print(f"check-config: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    if checker.problems:
+        count = len(checker.problems)
+        print(f"check-config: {count} problem{'s' if count != 1 else ''}")
         return 1
-    print(f"check-config: OK ({len(variables)} variables, {len(checked)} files)")
+    print(f"check-config: OK ({len(checker.variables.VARIABLES)} variables, "
+          f"{checker.files} files)")
     return 0
 
 
