@@ -1,73 +1,52 @@
-"""check_config: every way the env files, the compose anchor and celery_settings.py drift apart."""
+"""check_config: each way the env files, compose files, scripts and README drift from the one
+declaration of the variables (config/variables.py), on a small repository built from it."""
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 import check_config
 
-SETTINGS_SOURCE = '''"""Settings.
-
-REDIS_URL                  required
-CELERY_BROKER_URL          default REDIS_URL
-CELERY_IO_QUEUE            default "<default queue>.io"
-CELERY_VISIBILITY_TIMEOUT  default 3600
-"""
-import os
+variables = check_config.load_variables()
+DECLARED = variables.VARIABLES
+WEB_ROLES = {"celery", "django", "start-web"}
 
 
-def _get(environ, name):
-    return environ.get(name)
+def _compose_works() -> bool:
+    try:
+        return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
-def load(environ):
-    redis_url = _get(environ, "REDIS_URL")
-    broker = _get(environ, "CELERY_BROKER_URL")
-    io = _queue_name(environ, "CELERY_IO_QUEUE", "x.io")
-    vt = _positive_int(environ, "CELERY_VISIBILITY_TIMEOUT", 3600)
-    other = environ.get("DJANGO_DEBUG")  # not a Celery/Redis name: ignored
-'''
-VARIABLES = ["REDIS_URL", "CELERY_BROKER_URL", "CELERY_IO_QUEUE", "CELERY_VISIBILITY_TIMEOUT"]
-ENV = "POSTGRES_PASSWORD=x\n" + "".join(f"{name}=\n" for name in VARIABLES)
-ANCHOR = "".join(f"  {name}: ${{{name}:-}}\n" for name in VARIABLES)
-COMPOSE = f"""\
-name: trinity
-x-celery-env: &celery-env
-{ANCHOR}
-x-django: &django
-  image: trinity/django:${{TRINITY_TAG:-dev}}
-  environment:
-    <<: *celery-env
-    DJANGO_DEBUG: "false"
-
-services:
-  redis:
-    image: trinity/redis:dev
-    environment:
-      REDIS_PASSWORD: x
-  web:
-    <<: *django
-  celery:
-    <<: *django
-    command: start-celery
-  fastapi:
-    build: {{context: ., target: fastapi}}
-    environment: *celery-env
-"""
+pytestmark = pytest.mark.skipif(not _compose_works(), reason="needs `docker compose` (make bootstrap)")
 
 
-def make_repo(root: Path, prod: bool = False, **overrides) -> Path:
-    files = {
-        str(check_config.SETTINGS): SETTINGS_SOURCE,
-        "envs/dev.env": ENV,
-        "docker-compose-dev.example.yml": COMPOSE,
+def env_file(env: str) -> str:
+    return "".join(f"{v.name}=\n" for v in DECLARED if env in v.files)
+
+
+def template(env: str) -> str:
+    """One web service that passes every variable its env file sets for what web runs."""
+    environment = {v.name: f"${{{v.name}:-}}" for v in DECLARED
+                   if env in v.files and WEB_ROLES & set(v.read_by)}
+    return yaml.safe_dump({"services": {"web": {
+        "image": "trinity/django:${TRINITY_TAG:-dev}", "command": "start-web",
+        "environment": environment}}})
+
+
+def make_repo(root: Path, **files) -> Path:
+    content = {
+        "envs/dev.env": env_file("dev"),
+        "envs/prod.env": env_file("prod"),
+        "docker-compose-dev.example.yml": template("dev"),
+        "docker-compose.example.yml": template("prod"),
+        "images/django/start-web": '#!/bin/sh\nexec gunicorn --workers "${WEB_WORKERS:-2}"\n',
+        "README.md": "# Trinity\n\n## Environment\n\n" + variables.markdown() + "\nMore.\n",
+        **files,
     }
-    if prod:
-        files["envs/prod.env"] = ENV
-        files["docker-compose.example.yml"] = COMPOSE
-    files.update(overrides)
-    for rel, text in files.items():
-        if text is None:
-            continue
+    for rel, text in content.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -75,172 +54,104 @@ def make_repo(root: Path, prod: bool = False, **overrides) -> Path:
 
 
 def problems_of(root: Path) -> list[str]:
-    return check_config.check(root)[0]
+    return check_config.check(root).problems
 
-
-# ---- reading celery_settings.py ----------------------------------------------------------------
-
-def test_code_variables_come_from_the_helpers_calls():
-    assert check_config.variables_in_code(SETTINGS_SOURCE) == set(VARIABLES)
-
-
-def test_code_variables_include_plain_environ_lookups():
-    source = ('import os\nA = os.environ.get("CELERY_A")\nB = os.getenv("CELERY_B", "1")\n'
-              'C = os.environ["REDIS_URL"]\nD = _redis_url("CELERY_RESULT_BACKEND", x)\n'
-              'E = options.get("visibility_timeout")\n')
-    assert check_config.variables_in_code(source) == {
-        "CELERY_A", "CELERY_B", "REDIS_URL", "CELERY_RESULT_BACKEND"}
-
-
-def test_docstring_table_rows_only():
-    source = '"""Title mentions CELERY_NOT_A_ROW inline.\n\nCELERY_X   default 1\nREDIS_URL\n"""\n'
-    assert check_config.variables_in_docstring(source) == {"CELERY_X", "REDIS_URL"}
-
-
-def test_the_real_settings_module_reads_what_its_table_lists():
-    source = (Path(check_config.ROOT) / check_config.SETTINGS).read_text()
-    variables, problems = check_config.settings_variables(source)
-    assert problems == []
-    assert {"REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_TASK_DEFAULT_QUEUE",
-            "CELERY_CPU_QUEUE", "CELERY_IO_QUEUE", "CELERY_BEAT_QUEUE",
-            "CELERY_WORKER_CONCURRENCY"} <= variables
-
-
-def test_code_and_table_disagreeing_is_a_problem(tmp_path):
-    source = SETTINGS_SOURCE.replace("CELERY_IO_QUEUE            default", "CELERY_IO_QUEUES   d")
-    root = make_repo(tmp_path, **{str(check_config.SETTINGS): source})
-    problems = problems_of(root)
-    assert ("config/celery_settings.py: reads CELERY_IO_QUEUE but its docstring table does not "
-            "list it") in problems
-    assert ("config/celery_settings.py: docstring table lists CELERY_IO_QUEUES but the code "
-            "never reads it") in problems
-
-
-# ---- the repository as a whole ------------------------------------------------------------------
 
 def test_a_consistent_repository_passes(tmp_path, capsys):
-    root = make_repo(tmp_path, prod=True)
-    assert problems_of(root) == []
-    assert check_config.main(["--root", str(root)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "check-config: OK (4 variables, 5 files)"
-
-
-def test_prod_files_are_optional_until_the_prod_template_exists(tmp_path, capsys):
     root = make_repo(tmp_path)
     assert problems_of(root) == []
     assert check_config.main(["--root", str(root)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("check-config: not present, not checked: envs/prod.env, "
-                      "docker-compose.example.yml")
-    assert out[-1] == "check-config: OK (4 variables, 3 files)"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"check-config: OK ({len(DECLARED)} variables, 6 files)")
 
 
-def test_prod_template_without_prod_env_fails(tmp_path):
-    root = make_repo(tmp_path, **{"docker-compose.example.yml": COMPOSE})
+def test_an_env_file_naming_an_undeclared_variable(tmp_path, capsys):
+    root = make_repo(tmp_path, **{"envs/prod.env": env_file("prod") + "CELERY_IO_QUEUES=x\n"})
     assert problems_of(root) == [
-        "envs/prod.env: missing (required: docker-compose.example.yml exists)"]
-
-
-@pytest.mark.parametrize("env_file", ["envs/dev.env", "envs/prod.env"])
-def test_a_variable_missing_from_an_env_file(tmp_path, capsys, env_file):
-    text = ENV.replace("CELERY_IO_QUEUE=\n", "# CELERY_IO_QUEUE=trinity.io\n")
-    root = make_repo(tmp_path, prod=True, **{env_file: text})
-    assert problems_of(root) == [
-        f"{env_file}: missing CELERY_IO_QUEUE (named by config/celery_settings.py)"]
+        "envs/prod.env: CELERY_IO_QUEUES is not declared in config/variables.py"]
     assert check_config.main(["--root", str(root)]) == 1
     assert capsys.readouterr().out.splitlines()[-1] == "check-config: 1 problem"
 
 
-@pytest.mark.parametrize("compose", ["docker-compose-dev.example.yml", "docker-compose.example.yml"])
-def test_a_variable_missing_from_the_anchor(tmp_path, compose):
-    text = COMPOSE.replace("  CELERY_VISIBILITY_TIMEOUT: ${CELERY_VISIBILITY_TIMEOUT:-}\n", "")
-    root = make_repo(tmp_path, prod=True, **{compose: text})
-    assert problems_of(root) == [f"{compose}: x-celery-env: missing CELERY_VISIBILITY_TIMEOUT "
-                                 "(named by config/celery_settings.py)"]
+def test_an_env_file_missing_a_variable_declared_for_it(tmp_path):
+    text = env_file("dev").replace("CELERY_LOGLEVEL=\n", "# CELERY_LOGLEVEL=debug\n")
+    assert problems_of(make_repo(tmp_path, **{"envs/dev.env": text})) == [
+        "envs/dev.env: missing CELERY_LOGLEVEL (declared for it in config/variables.py)"]
 
 
-def test_an_unknown_celery_key_in_the_anchor(tmp_path):
-    text = COMPOSE.replace("x-celery-env: &celery-env\n",
-                           "x-celery-env: &celery-env\n  CELERY_IO_QUEUES: ${CELERY_IO_QUEUES:-}\n")
+def test_a_secret_may_be_named_as_its_file_but_nothing_else_may(tmp_path):
+    extra = "DJANGO_SECRET_KEY_FILE=/run/secrets/k\nDJANGO_DEBUG_FILE=/x\n"
+    assert problems_of(make_repo(tmp_path, **{"envs/dev.env": env_file("dev") + extra})) == [
+        "envs/dev.env: DJANGO_DEBUG_FILE is not declared in config/variables.py"]
+
+
+def test_a_compose_file_interpolating_an_undeclared_variable(tmp_path):
+    text = template("dev") + "x-note: ${WEB_WROKERS}\n# ${IN_A_COMMENT:-} is documentation\n"
     assert problems_of(make_repo(tmp_path, **{"docker-compose-dev.example.yml": text})) == [
-        "docker-compose-dev.example.yml: x-celery-env: CELERY_IO_QUEUES is not read by "
-        "config/celery_settings.py"]
+        "docker-compose-dev.example.yml: WEB_WROKERS is not declared in config/variables.py"]
 
 
-def test_an_anchor_value_that_ignores_its_own_variable(tmp_path):
-    text = COMPOSE.replace("CELERY_BROKER_URL: ${CELERY_BROKER_URL:-}", "CELERY_BROKER_URL: ${REDIS_URL}")
-    problems = problems_of(make_repo(tmp_path, **{"docker-compose-dev.example.yml": text}))
-    assert len(problems) == 1
-    assert problems[0].startswith("docker-compose-dev.example.yml: x-celery-env: CELERY_BROKER_URL:")
-    assert "does not read ${CELERY_BROKER_URL}" in problems[0]
+def test_compose_leaves_a_coded_default_to_the_code(tmp_path):
+    text = template("prod").replace("${CELERY_VISIBILITY_TIMEOUT:-}",
+                                    "${CELERY_VISIBILITY_TIMEOUT:-3600}")
+    assert problems_of(make_repo(tmp_path, **{"docker-compose.example.yml": text})) == [
+        "docker-compose.example.yml: CELERY_VISIBILITY_TIMEOUT defaults to '3600' here; leave "
+        "the default to the code (${CELERY_VISIBILITY_TIMEOUT:-})"]
 
 
-def test_no_anchor_at_all(tmp_path):
-    text = COMPOSE.replace("x-celery-env: &celery-env", "x-other-env: &celery-env")
+def test_a_script_default_must_be_the_declared_one(tmp_path):
+    script = '#!/bin/sh\nexec gunicorn --workers "${WEB_WORKERS:-3}" --x "${WEB_WROKERS:-}"\n'
+    assert problems_of(make_repo(tmp_path, **{"images/django/start-web": script})) == [
+        "images/django/start-web: WEB_WROKERS is not declared in config/variables.py",
+        "images/django/start-web: WEB_WORKERS defaults to '3' here, '2' in config/variables.py"]
+
+
+def test_a_service_that_does_not_receive_a_variable_of_its_env_file(tmp_path):
+    data = yaml.safe_load(template("dev"))
+    del data["services"]["web"]["environment"]["DJANGO_LOG_LEVEL"]
+    text = yaml.safe_dump(data)
     assert problems_of(make_repo(tmp_path, **{"docker-compose-dev.example.yml": text})) == [
-        "docker-compose-dev.example.yml: no x-celery-env mapping (the shared Celery environment)"]
+        "docker-compose-dev.example.yml: service web: lacks DJANGO_LOG_LEVEL, which "
+        "envs/dev.env sets (pass it: ${DJANGO_LOG_LEVEL:-})"]
 
 
-def test_a_django_service_not_merging_the_anchor(tmp_path):
-    text = COMPOSE.replace("    command: start-celery\n",
-                           "    command: start-celery\n    environment:\n      DJANGO_DEBUG: 'x'\n")
+def test_a_fixed_value_hides_the_env_files(tmp_path):
+    text = template("prod").replace("${WEB_TIMEOUT:-}", "'60'")
+    assert problems_of(make_repo(tmp_path, **{"docker-compose.example.yml": text})) == [
+        "docker-compose.example.yml: service web: WEB_TIMEOUT is fixed to '60', so "
+        "envs/prod.env's WEB_TIMEOUT is ignored"]
+
+
+def test_a_secret_given_as_a_file_counts_and_other_images_are_not_asked(tmp_path):
+    data = yaml.safe_load(template("dev"))
+    environment = data["services"]["web"]["environment"]
+    del environment["DJANGO_SECRET_KEY"]
+    environment["DJANGO_SECRET_KEY_FILE"] = "/run/secrets/django-secret-key"
+    data["services"]["cache"] = {"image": "memcached:1", "environment": {"MEMCACHED_X": "1"}}
+    text = yaml.safe_dump(data)
     assert problems_of(make_repo(tmp_path, **{"docker-compose-dev.example.yml": text})) == [
-        "docker-compose-dev.example.yml: service celery: environment lacks CELERY_BROKER_URL, "
-        "CELERY_IO_QUEUE, CELERY_VISIBILITY_TIMEOUT, REDIS_URL of x-celery-env (merge the anchor: "
-        "<<: *celery-env)"]
+        "docker-compose-dev.example.yml: service cache: MEMCACHED_X is not declared in "
+        "config/variables.py"]
 
 
-def test_a_fastapi_service_with_a_partial_list_environment(tmp_path):
-    text = COMPOSE.replace("    environment: *celery-env\n",
-                           "    environment:\n      - REDIS_URL=${REDIS_URL}\n"
-                           "      - CELERY_BROKER_URL\n      - CELERY_IO_QUEUE=x\n")
-    assert problems_of(make_repo(tmp_path, **{"docker-compose-dev.example.yml": text})) == [
-        "docker-compose-dev.example.yml: service fastapi: environment lacks "
-        "CELERY_VISIBILITY_TIMEOUT of x-celery-env (merge the anchor: <<: *celery-env)"]
+def test_the_readme_table_is_the_declarations_and_can_be_rewritten(tmp_path, capsys):
+    readme = "# Trinity\n\n| variable | default | meaning |\n|---|---|---|\n| `OLD` | x | y |\n\nMore.\n"
+    root = make_repo(tmp_path, **{"README.md": readme})
+    assert problems_of(root) == [
+        "README.md: the Environment table differs from config/variables.py "
+        "(scripts/check_config.py --write-readme rewrites it)"]
+    assert check_config.main(["--root", str(root), "--write-readme"]) == 0
+    text = (root / "README.md").read_text()
+    assert variables.markdown() in text and text.endswith("\nMore.\n") and "`OLD`" not in text
+    assert problems_of(root) == []
 
 
-def test_prod_worker_services_by_image_and_compose_tags(tmp_path):
-    text = COMPOSE + """\
-  celery-cpu:
-    image: registry.example.com/trinity/django:1.2.3
-    environment:
-      CELERY_WORKER_QUEUES: trinity.tasks.cpu
-    ports: !override []
-"""
-    problems = problems_of(make_repo(tmp_path, prod=True, **{"docker-compose.example.yml": text}))
-    assert len(problems) == 1
-    assert problems[0].startswith("docker-compose.example.yml: service celery-cpu: environment "
-                                  "lacks CELERY_BROKER_URL")
-
-
-def test_services_that_do_not_run_the_apps_are_left_alone():
-    assert not check_config.is_app_service({"image": "trinity/redis:dev"})
-    assert not check_config.is_app_service({"image": "mongo:7"})
-    assert check_config.is_app_service({"build": {"target": "django"}})
-    assert check_config.is_app_service({"image": "trinity/fastapi:${TRINITY_TAG:-dev}"})
-
-
-def test_env_file_names_ignore_comments_and_accept_export():
-    assert check_config.env_file_names("# A=1\nB=\nexport C=2\n  D = 3\nnot a line\n") == {
-        "B", "C", "D"}
+def test_missing_files_are_named(tmp_path):
+    root = make_repo(tmp_path)
+    (root / "envs/prod.env").unlink()
+    (root / "docker-compose.example.yml").unlink()
+    assert problems_of(root) == ["envs/prod.env: missing", "docker-compose.example.yml: missing"]
 
 
 def test_the_real_repository_passes(capsys):
-    assert check_config.main([]) == 0
-    last = capsys.readouterr().out.splitlines()[-1]
-    assert last.startswith("check-config: OK (") and last.endswith(" files)")
-
-
-def test_per_worker_rows_are_not_required_in_shared_files(tmp_path):
-    source = SETTINGS_SOURCE.replace(
-        '"""\nimport os',
-        'CELERY_WORKER_QUEUES       per worker: queue kinds or names; empty = all\n"""\nimport os'
-    ) + '    queues = _get(environ, "CELERY_WORKER_QUEUES")\n'
-    assert check_config.per_service_variables(source) == {"CELERY_WORKER_QUEUES"}
-    variables, problems = check_config.settings_variables(source)
-    assert problems == [] and variables == set(VARIABLES)
-    with_key = COMPOSE.replace("x-celery-env: &celery-env\n",
-                               "x-celery-env: &celery-env\n  CELERY_WORKER_QUEUES: ''\n")
-    root = make_repo(tmp_path, **{str(check_config.SETTINGS): source,
-                                  "docker-compose-dev.example.yml": with_key})
-    assert problems_of(root) == []
+    assert check_config.main([]) == 0, capsys.readouterr().out
