@@ -94,7 +94,7 @@ class Checker:
         for name in sorted(set(pattern.findall(text))):
             if not self.known(name):
                 self.problems.append(f"{rel}: {name} is not declared in {DECLARATION}")
-        for name, default in LITERAL_DEFAULT.findall(text):
+        for name, default in sorted(set(LITERAL_DEFAULT.findall(text))):
             variable = self.declared.get(name)
             if variable is None:
                 continue
