@@ -14,8 +14,10 @@ No upstream issue matches exactly. The nearest is the same path,
 ``QoS.restore_unacked -> conn_or_acquire -> _connparams`` on a channel whose
 connection is gone, reported for warm shutdown in kombu 4.2.2:
 https://github.com/celery/kombu/issues/970 (closed as fixed there; the
-connection-loss path still fails). ``tests/test_kombu_fixes.py`` reproduces
-the bug without the guard and fails once kombu fixes it: then drop this module.
+connection-loss path still fails); https://github.com/celery/kombu/issues/582 is the same
+``_connparams`` error from a channel closed at a consumer restart.
+``tests/test_kombu_fixes.py`` reproduces the bug without the guard and fails once kombu fixes
+it: then drop this module.
 
 The guard turns those calls into a logged no-op when the channel's connection
 is gone. Nothing is lost: the message stays in Redis' unacked index and is

@@ -348,3 +348,7 @@ def markdown() -> str:
         meaning = v.meaning + (" (or `_FILE`)" if v.secret else "")
         rows.append(f"| `{v.name}` | {_cell(default)} | {_cell(meaning)} |")
     return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # `python -m config.variables`: the README's table
+    print(markdown(), end="")
