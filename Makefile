@@ -16,7 +16,7 @@ LABEL     := org.trinity.project=trinity
 # right after the bootstrap step; a BASE_IMAGE in the environment wins.
 export BASE_IMAGE ?= $(shell cat .base-image 2>/dev/null)
 
-.PHONY: help bootstrap bootstrap-prod build dev-up dev-down prod-up prod-secrets prod-down validate check-config bench status beat logs test test-unit clean lock
+.PHONY: help bootstrap bootstrap-prod build dev-up dev-down prod-up prod-secrets prod-down validate backup backups restore check-config bench status beat logs test test-unit clean lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,23 @@ ifeq ($(STACK),prod)
 else
 	.venv/bin/python scripts/validate.py --file $(DEV_FILE)
 endif
+
+# The stack the operator tools act on: STACK=dev (default) or STACK=prod.
+ifeq ($(STACK),prod)
+STACK_ARGS := --file $(PROD_FILE) --env-file $(PROD_ENV)
+else
+STACK_ARGS := --file $(DEV_FILE)
+endif
+
+backup: ## dump every tenant schema to BACKUP_DIR (./backups), verify it, keep the last BACKUP_KEEP (7)
+	python3 scripts/backup.py $(STACK_ARGS) backup
+
+backups: ## list the backups in BACKUP_DIR with their checksum state
+	python3 scripts/backup.py $(STACK_ARGS) list
+
+restore: ## restore FILE=... into the running stack (STACK=dev|prod): checks it, stops and restarts the writers
+	@[ -n "$(FILE)" ] || { echo "usage: make restore FILE=backups/trinity-<time>.dump [STACK=prod]" >&2; exit 2; }
+	python3 scripts/backup.py $(STACK_ARGS) restore $(FILE)
 
 bench: bootstrap ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~15 min)
 	.venv/bin/python bench/run.py

@@ -93,6 +93,16 @@ def _memory(chaos) -> tuple[int, int]:
     return int(info["used_memory"]), int(info["maxmemory"])
 
 
+# Redis is filled with strings of just under 1 MiB, one allocation each. (One SETRANGE of
+# hundreds of MB overshoots by tens of MB: Redis grows a string 1 MB beyond what it needs, and
+# the allocator's size classes that large are 32 MB apart.)
+FILL = "trinity.chaos.fill"
+FILL_CHUNK = 2**20 - 64
+FILL_SCRIPT = ("local chunk = string.rep('x', tonumber(ARGV[2])) "
+               "for i = 1, tonumber(ARGV[1]) do redis.call('SET', KEYS[1] .. ':' .. i, chunk) end")
+EMPTY_SCRIPT = "for i = 1, tonumber(ARGV[1]) do redis.call('DEL', KEYS[1] .. ':' .. i) end"
+
+
 def test_redis_nearly_full_refuses_enqueues_with_503_while_the_workers_drain(chaos):
     """Redis filled to 95 % of maxmemory while sleeps run: both POSTs answer 503 with the
     reason (the apps stop enqueueing at 90 %), the running workers keep the room that is left
@@ -100,12 +110,12 @@ def test_redis_nearly_full_refuses_enqueues_with_503_while_the_workers_drain(cha
     wait_workers_healthy(chaos)
     lives = worker_lives(chaos)
     since = time.time()
-    fill = "trinity.chaos.fill"
     ids = enqueue(chaos, [("sleep", {"seconds": 5})] * 8 + [("noop", None)] * 20)
+    used, limit = _memory(chaos)
+    assert limit > 0, "the production template sets maxmemory"
+    chunks = (int(0.95 * limit) - used) // 2**20
     try:
-        used, limit = _memory(chaos)
-        assert limit > 0, "the production template sets maxmemory"
-        redis_cli(chaos, "SETRANGE", fill, str(int(0.95 * limit) - used), "x")
+        redis_cli(chaos, "EVAL", FILL_SCRIPT, "1", FILL, str(chunks), str(FILL_CHUNK))
         used, _ = _memory(chaos)
         assert 0.9 * limit <= used < limit, (used, limit)
         time.sleep(1.5)  # each app process reads Redis's memory at most once a second
@@ -121,7 +131,7 @@ def test_redis_nearly_full_refuses_enqueues_with_503_while_the_workers_drain(cha
         book = wait_final(chaos, ids, RECOVERY_BOUND)  # drained while Redis stays at 95 %
         assert _memory(chaos)[0] >= 0.9 * limit
     finally:
-        redis_cli(chaos, "DEL", fill)
+        redis_cli(chaos, "EVAL", EMPTY_SCRIPT, "1", FILL, str(chunks))
     print(f"Redis at 95%: {len(ids)} accepted before, {book.summary()}")
     assert book.count("SUCCESS") == len(ids) and not book.missing, book.summary()
     assert book.twice == [], book.summary()
