@@ -2,8 +2,9 @@
 
 An operation is added here and nowhere else: a function (payload -> JSON-serializable result)
 and one line in OPERATIONS with the kind of queue it belongs on. No migration: TaskRun.operation
-is free text, checked against OPERATIONS where work is submitted (services.submit_task_run, the
-gateway's TaskRequest, the admin's form) and again by the task that runs it.
+takes its choices from operation_choices, a callable that migrations refer to by name. Names are
+checked against OPERATIONS where work is submitted (services.submit_task_run, the gateway's
+TaskRequest, the admin) and again by the task that runs it.
 
 Standard library only: the FastAPI image carries this module (images/python/Dockerfile), so the
 gateway validates and routes operations and names the tasks it publishes without Django. Every
@@ -102,6 +103,12 @@ OPERATIONS: dict[str, Operation] = {
     "primes": Operation(primes, kind="cpu"),
     "fail": Operation(fail),
 }
+
+
+def operation_choices() -> list[tuple[str, str]]:
+    """TaskRun.operation's choices. A callable: a migration keeps a reference to it, not the
+    list, so adding an operation changes no migration."""
+    return [(name, name) for name in sorted(OPERATIONS)]
 
 
 def operation(name) -> Operation:
