@@ -55,8 +55,9 @@ prod-up: bootstrap-stack $(PROD_FILE) ## production stack: refuse placeholder se
 prod-secrets: $(PROD_FILE) ## create the missing production secrets (random, as files in SECRETS_DIR)
 	python3 scripts/prod_secrets.py create --file $(PROD_FILE) --env-file $(PROD_ENV)
 
+# --profile '*': the optional services too (beat in dev, flower), else they keep running.
 prod-down: ## stop the production stack (keeps its volumes)
-	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down
+	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) --profile '*' down
 
 validate: bootstrap-tools ## the runbook against the running stack (STACK=dev|prod): PASS/FAIL per step
 ifeq ($(STACK),prod)
@@ -72,7 +73,7 @@ check-config: bootstrap-tools ## env files, compose anchors and celery_settings.
 	.venv/bin/python scripts/check_config.py
 
 dev-down: ## stop the dev stack (keeps its volumes; `make clean` removes them)
-	$(COMPOSE) down
+	$(COMPOSE) --profile '*' down
 
 status: ## compose services and their health, then `celery status` of the workers
 	$(COMPOSE) ps
@@ -94,8 +95,8 @@ lock: ## re-resolve requirements/*.lock from requirements/*.in (needs the packag
 	scripts/lock
 
 clean: ## remove this project's containers, volumes, networks and images (by label), and the wheelhouse
-	-[ -f $(DEV_FILE) ] && $(COMPOSE) down -v --remove-orphans
-	-[ -f $(PROD_FILE) ] && docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down -v --remove-orphans
+	-[ -f $(DEV_FILE) ] && $(COMPOSE) --profile '*' down -v --remove-orphans
+	-[ -f $(PROD_FILE) ] && docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) --profile '*' down -v --remove-orphans
 	-docker ps -aq --filter label=$(LABEL) | xargs -r docker rm -f
 	-docker volume ls -q --filter label=$(LABEL) | xargs -r docker volume rm
 	-docker network ls -q --filter label=$(LABEL) | xargs -r docker network rm
