@@ -92,7 +92,7 @@ class StepFailed(RuntimeError):
 
 
 class CommandLog:
-    """Where the output of every command goes: one file per bootstrap run, named at its start."""
+    """Where the output of every command goes: one file, rewritten by each bootstrap run."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -112,18 +112,15 @@ class CommandLog:
 LOG: CommandLog | None = None  # set by main()
 
 
-def run(cmd: list[str], *, env: dict | None = None, capture: bool = False,
-        timeout: float | None = None) -> subprocess.CompletedProcess:
+def run(cmd: list[str], *, env: dict | None = None,
+        capture: bool = False) -> subprocess.CompletedProcess:
     """Run a step's command with its output in the log (stdout returned instead if capture)."""
     out = LOG.command(cmd) if LOG else subprocess.DEVNULL
     try:
-        return subprocess.run(cmd, env=env, check=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL,
+        return subprocess.run(cmd, env=env, check=True, text=True, stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE if capture else out, stderr=out)
     except subprocess.CalledProcessError as exc:
         raise StepFailed(f"{short(cmd)} exited {exc.returncode}") from None
-    except subprocess.TimeoutExpired:
-        raise StepFailed(f"{short(cmd)} took more than {timeout:.0f}s") from None
 
 
 def short(cmd: list[str]) -> str:

@@ -134,31 +134,32 @@ def test_the_tools_need_no_docker_engine(steps_ran, monkeypatch):
 
 
 def _noisy_step(code: int):
-    """A step whose command prints as apt and dpkg do, then exits with `code`."""
-    script = ("import sys; print('Selecting previously unselected package x.'); "
-              f"print('dpkg: warning', file=sys.stderr); sys.exit({code})")
+    """A step whose command prints as apt and dpkg do, then exits with `code`. (The lines are
+    built at run time: the log also holds the command, which must not pass for its output.)"""
+    script = ("import sys; print('Selecting previously unselected package %s.' % 'x'); "
+              f"print('dpkg' + ': warning', file=sys.stderr); sys.exit({code})")
     return lambda: bootstrap.run([sys.executable, "-c", script]) and "installed"
 
 
 def test_one_line_per_step_and_the_commands_output_goes_to_the_log(steps_ran, monkeypatch,
-                                                                     capsys):
+                                                                     capfd):
     monkeypatch.setattr(bootstrap, "step_browser", _noisy_step(0))
     assert bootstrap.main(["host-venv", "browser"]) == 0
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()  # the file descriptors: what the commands print too
     lines = out.splitlines()
     assert [line.split()[1] for line in lines[:-1]] == ["host-venv", "browser"], out
     assert re.fullmatch(r"bootstrap: browser\s+[\d.]+s  installed", lines[1]), out
     assert lines[-1].startswith("bootstrap: done in") and str(bootstrap.LOG_FILE) in lines[-1]
     assert "Selecting" not in out + err and "dpkg" not in out + err
-    log = bootstrap.LOG_FILE.read_text()
+    log = bootstrap.LOG_FILE.read_text().splitlines()
     assert "Selecting previously unselected package x." in log and "dpkg: warning" in log
 
 
 def test_a_failed_step_prints_the_end_of_its_log_and_where_the_log_is(steps_ran, monkeypatch,
-                                                                       capsys):
+                                                                       capfd):
     monkeypatch.setattr(bootstrap, "step_browser", _noisy_step(3))
     assert bootstrap.main(["--for", "test"]) == 1
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert re.search(r"^bootstrap: browser\s+[\d.]+s  FAILED: python\S* -c .* exited 3$", out,
                      re.M), out
     assert "dpkg: warning" in err and str(bootstrap.LOG_FILE) in err
