@@ -21,7 +21,7 @@ export BASE_IMAGE ?= $(shell cat .base-image 2>/dev/null)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-bootstrap: ## install what is missing for every target: base image, docker compose v2, wheelhouses, host venv, browser
+bootstrap: ## install what any target needs: base image, docker compose v2, wheelhouses, host venv, browser
 	@scripts/bootstrap --for test
 
 # What one kind of target needs and no more (scripts/bootstrap --for stack|tools|bench): a stack
