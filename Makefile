@@ -16,13 +16,20 @@ LABEL     := org.trinity.project=trinity
 # right after the bootstrap step; a BASE_IMAGE in the environment wins.
 export BASE_IMAGE ?= $(shell cat .base-image 2>/dev/null)
 
-.PHONY: help bootstrap bootstrap-prod build dev-up dev-down prod-up prod-secrets prod-down validate backup backups restore check-config bench status beat logs test test-unit clean lock
+.PHONY: help bootstrap build dev-up dev-down prod-up prod-secrets prod-down validate backup backups restore check-config bench status beat logs test test-unit clean lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-bootstrap: ## install what is missing: base image, docker compose v2, wheelhouse, test venv
-	@scripts/bootstrap
+bootstrap: ## install what any target needs: base image, docker compose v2, wheelhouses, host venv, browser
+	@scripts/bootstrap --for test
+
+# What one kind of target needs and no more (scripts/bootstrap --for stack|tools|bench): a stack
+# needs no browser and no test tools. A prerequisite, not a recipe line: make computes a target's
+# environment once, before its first line, so the BASE_IMAGE that the bootstrap writes to
+# .base-image reaches the recipes only this way.
+bootstrap-%:
+	@scripts/bootstrap --for $*
 
 $(DEV_FILE):
 	cp docker-compose-dev.example.yml $@
@@ -36,27 +43,23 @@ $(PROD_FILE):
 # `make dev-up BUILD_FLAGS=--no-cache` rebuilds every layer (the bench's cold start does).
 BUILD_FLAGS ?=
 
-build: bootstrap $(DEV_FILE) .env ## build every image of the dev stack
+build: bootstrap-stack $(DEV_FILE) .env ## build every image of the dev stack
 	$(COMPOSE) build $(BUILD_FLAGS)
 
 dev-up: build ## bring the dev stack up, wait until healthy, show what runs where
 	@scripts/dev-up
 
-# A prerequisite, not a recipe line of prod-up: make computes a target's environment once, so
-# the BASE_IMAGE that the bootstrap writes to .base-image reaches prod-up's recipe only this way.
-bootstrap-prod: ## only what a production host needs: base image, docker compose v2, the apps' wheelhouse
-	@scripts/bootstrap --production
-
-prod-up: bootstrap-prod $(PROD_FILE) ## production stack: refuse placeholder secrets, build, up, wait healthy
+prod-up: bootstrap-stack $(PROD_FILE) ## production stack: refuse placeholder secrets, build, up, wait healthy
 	@PROD_FILE=$(PROD_FILE) PROD_ENV=$(PROD_ENV) scripts/prod-up
 
 prod-secrets: $(PROD_FILE) ## create the missing production secrets (random, as files in SECRETS_DIR)
 	python3 scripts/prod_secrets.py create --file $(PROD_FILE) --env-file $(PROD_ENV)
 
+# --profile '*': the optional services too (beat in dev, flower), else they keep running.
 prod-down: ## stop the production stack (keeps its volumes)
-	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down
+	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) --profile '*' down
 
-validate: bootstrap ## the runbook against the running stack (STACK=dev|prod): PASS/FAIL per step
+validate: bootstrap-tools ## the runbook against the running stack (STACK=dev|prod): PASS/FAIL per step
 ifeq ($(STACK),prod)
 	.venv/bin/python scripts/validate.py --file $(PROD_FILE) --env-file $(PROD_ENV)
 else
@@ -80,14 +83,14 @@ restore: ## restore FILE=... into the running stack (STACK=dev|prod): checks it,
 	@[ -n "$(FILE)" ] || { echo "usage: make restore FILE=backups/trinity-<time>.dump [STACK=prod]" >&2; exit 2; }
 	python3 scripts/backup.py $(STACK_ARGS) restore $(FILE)
 
-bench: bootstrap ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~15 min)
+bench: bootstrap-bench ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~15 min)
 	.venv/bin/python bench/run.py
 
-check-config: bootstrap ## env files, compose anchors and celery_settings.py name the same variables
+check-config: bootstrap-tools ## every variable the env files, compose files and scripts name is declared once (config/variables.py)
 	.venv/bin/python scripts/check_config.py
 
 dev-down: ## stop the dev stack (keeps its volumes; `make clean` removes them)
-	$(COMPOSE) down
+	$(COMPOSE) --profile '*' down
 
 status: ## compose services and their health, then `celery status` of the workers
 	$(COMPOSE) ps
@@ -102,15 +105,15 @@ logs: ## follow the logs of the dev stack
 test: bootstrap check-config ## config check, unit tests, then the stack tests (throw-away compose projects)
 	$(PYTEST) tests
 
-test-unit: bootstrap ## only the tests that need no containers
+test-unit: bootstrap-tools ## only the tests that need no containers
 	$(PYTEST) tests/unit
 
 lock: ## re-resolve requirements/*.lock from requirements/*.in (needs the package index)
 	scripts/lock
 
 clean: ## remove this project's containers, volumes, networks and images (by label), and the wheelhouse
-	-[ -f $(DEV_FILE) ] && $(COMPOSE) down -v --remove-orphans
-	-[ -f $(PROD_FILE) ] && docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down -v --remove-orphans
+	-[ -f $(DEV_FILE) ] && $(COMPOSE) --profile '*' down -v --remove-orphans
+	-[ -f $(PROD_FILE) ] && docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) --profile '*' down -v --remove-orphans
 	-docker ps -aq --filter label=$(LABEL) | xargs -r docker rm -f
 	-docker volume ls -q --filter label=$(LABEL) | xargs -r docker volume rm
 	-docker network ls -q --filter label=$(LABEL) | xargs -r docker network rm

@@ -1,27 +1,34 @@
 #!/usr/bin/env python3
-"""Bring a machine from "Docker Engine + Python 3 + apt" to "can build and test Trinity".
+"""Bring a machine from "Docker Engine + Python 3 + apt" to "can build, run and test Trinity".
 
-Idempotent: every step first checks whether its result is already there and skips if so.
-Each step prints its name and how long it took, because the first run takes minutes.
+    scripts/bootstrap [--for stack|tools|bench|test] [STEP ...]
+
+Idempotent: every step first checks whether its result is already there and skips if so. Each
+step prints one line (its name, how long it took, what it did); what apt, dpkg, pip and docker
+print goes to the log file named at the start (artifacts/bootstrap.log), and when a step fails
+the end of that log is printed with its path.
 
 Steps (in this order, each needs the one before):
-  base-image   the base of every image. Where a registry answers: Docker's official
-               debian:trixie-slim. Where none does: trinity/base:trixie, the same minbase trixie
-               (no python3, no CA certificates) built from Debian packages with mmdebstrap and
-               `docker import`ed under our own name, never an official one. The choice is written
-               to .base-image, which the Makefile exports as BASE_IMAGE.
-  compose      the `docker compose` v2 and buildx CLI plugins, taken from Debian's own trixie
-               packages (apt-get download inside the base image) when `docker compose` is missing.
-  wheelhouse   wheelhouse/<lock>/ filled on the host from requirements/<lock>.lock (exact
-               versions, hashes) for django, fastapi and test (the test tools of the -test
-               images), so image builds need no network for Python packages.
-  host-venv    .venv with the host-side test tools from requirements/host.lock.
-  browser      headless Chromium (Debian's chromium-headless-shell) for the Flower page test;
-               installed with apt when run as root, otherwise that one test is skipped.
+  base-image       the base of every image. Where a registry answers: Docker's official
+                   debian:trixie-slim. Where none does: trinity/base:trixie, the same minbase
+                   trixie (no python3, no CA certificates) built from Debian packages with
+                   mmdebstrap and `docker import`ed under our own name, never an official one. The
+                   choice is written to .base-image, which the Makefile exports as BASE_IMAGE.
+  compose          the `docker compose` v2 and buildx CLI plugins, taken from Debian's own trixie
+                   packages (apt-get download inside the base image) when `docker compose` is
+                   missing.
+  wheelhouse       wheelhouse/<lock>/ filled on the host from requirements/<lock>.lock (exact
+                   versions, hashes) for the app images (django, fastapi), so image builds need
+                   no network for Python packages.
+  test-wheelhouse  the same for the test tools of the -test images that the stack tests build.
+  host-venv        .venv with the host-side tools from requirements/host.lock (pytest, the
+                   config check, validate, bench).
+  browser          headless Chromium (Debian's chromium-headless-shell) for the Flower page test;
+                   installed with apt when run as root, otherwise that one test is skipped.
 
-`bootstrap --production` (what `make prod-up` runs) does only what a production host needs to
-build and run the stack: base-image, compose, and the wheelhouse of the app locks (django,
-fastapi). No test tools, no host venv, no browser.
+Each make target asks only for what it needs (--for): `stack` builds and runs a stack (make
+dev-up, make prod-up; the default), `tools` runs the host-side tools (make check-config, make
+validate), `bench` both, `test` everything (make test, make bootstrap).
 
 Standard library only: it runs before anything else is installed.
 """
@@ -36,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_BASE_IMAGE = "debian:trixie-slim"
@@ -43,16 +51,29 @@ OFFICIAL_BASE_IMAGE = "debian:trixie-slim"
 # every other project on this engine gets as debian:trixie-slim.
 LOCAL_BASE_IMAGE = "trinity/base:trixie"
 BASE_IMAGE_FILE = ROOT / ".base-image"
+# What the commands of the steps print (git-ignored, like the Flower screenshot beside it).
+LOG_FILE = ROOT / "artifacts" / "bootstrap.log"
+LOG_TAIL_LINES = 30
 # Label on everything this project builds, so `make clean` removes only ours.
 PROJECT_LABEL = "org.trinity.project=trinity"
 IMAGE_PYTHON = "3.13"  # Debian trixie's python3; locks are resolved for it.
-# Locks whose wheels the image builds install: the two apps, and the test tools of their -test
-# targets (images/python/Dockerfile). Production builds only the apps' targets.
+# Locks whose wheels the image builds install (images/python/Dockerfile): the two apps, and the
+# test tools of their -test targets, which only the stack tests build.
 APP_LOCKS = ("django", "fastapi")
-IMAGE_LOCKS = APP_LOCKS + ("test",)
-# The steps of a development/test machine, and the subset a production host needs.
-ALL_STEPS = ("base-image", "compose", "wheelhouse", "host-venv", "browser")
-PRODUCTION_STEPS = ("base-image", "compose", "wheelhouse")
+TEST_LOCKS = ("test",)
+IMAGE_LOCKS = APP_LOCKS + TEST_LOCKS
+ALL_STEPS = ("base-image", "compose", "wheelhouse", "test-wheelhouse", "host-venv", "browser")
+# The steps each kind of make target needs, and no other: a dev or production host that only
+# builds and runs a stack gets no test tools and no browser.
+PLANS = {
+    "stack": ("base-image", "compose", "wheelhouse"),
+    "tools": ("host-venv",),
+    "bench": ("base-image", "compose", "wheelhouse", "host-venv"),
+    "test": ALL_STEPS,
+}
+DEFAULT_PLAN = "stack"
+# Steps that talk to the Docker Engine (the others run without one).
+DOCKER_STEPS = {"base-image", "compose"}
 # Paths a slim image leaves out (the same idea as the Hub's -slim variants).
 SLIM_DPKG_OPTS = (
     "path-exclude=/usr/share/man/*",
@@ -70,19 +91,41 @@ class StepFailed(RuntimeError):
     pass
 
 
-def log(msg: str) -> None:
-    print(f"bootstrap: {msg}", flush=True)
+class CommandLog:
+    """Where the output of every command goes: one file, rewritten by each bootstrap run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file: IO[str] = path.open("w", encoding="utf-8", errors="replace")
+
+    def command(self, cmd: list[str]) -> IO[str]:
+        self.file.write(f"\n$ {' '.join(cmd)}\n")
+        self.file.flush()
+        return self.file
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        self.file.flush()
+        return "\n".join(self.path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def run(cmd: list[str], *, env: dict | None = None, check: bool = True, capture: bool = False,
-        timeout: float | None = None, stdin=None) -> subprocess.CompletedProcess:
+LOG: CommandLog | None = None  # set by main()
+
+
+def run(cmd: list[str], *, env: dict | None = None,
+        capture: bool = False) -> subprocess.CompletedProcess:
+    """Run a step's command with its output in the log (stdout returned instead if capture)."""
+    out = LOG.command(cmd) if LOG else subprocess.DEVNULL
     try:
-        return subprocess.run(cmd, env=env, check=check, text=True, timeout=timeout, stdin=stdin,
-                              stdout=subprocess.PIPE if capture else None,
-                              stderr=subprocess.PIPE if capture else None)
+        return subprocess.run(cmd, env=env, check=True, text=True, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE if capture else out, stderr=out)
     except subprocess.CalledProcessError as exc:
-        detail = (exc.stderr or "").strip()[-2000:] if capture else ""
-        raise StepFailed(f"command failed ({exc.returncode}): {' '.join(cmd)}\n{detail}") from None
+        raise StepFailed(f"{short(cmd)} exited {exc.returncode}") from None
+
+
+def short(cmd: list[str]) -> str:
+    """A command as a failure line names it: the program and its first arguments."""
+    return " ".join([Path(cmd[0]).name, *cmd[1:4]]) + (" ..." if len(cmd) > 4 else "")
 
 
 def succeeds(cmd: list[str], timeout: float = 120) -> bool:
@@ -124,9 +167,11 @@ def pip_download_command(python: str, lock: Path, dest: Path) -> list[str]:
             "--require-hashes", "-r", str(lock), "-d", str(dest)]
 
 
-def plan(production: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(steps, wheelhouse locks) of a run: everything, or only what production needs."""
-    return (PRODUCTION_STEPS, APP_LOCKS) if production else (ALL_STEPS, IMAGE_LOCKS)
+def plan(name: str) -> tuple[str, ...]:
+    """The steps of a plan (see PLANS), in the order they must run."""
+    if name not in PLANS:
+        raise ValueError(f"unknown plan {name!r}; known: {', '.join(PLANS)}")
+    return tuple(step for step in ALL_STEPS if step in PLANS[name])
 
 
 def mmdebstrap_command(suite: str, apt_opts: list[str]) -> list[str]:
@@ -195,6 +240,14 @@ def choose_base_image(requested: str | None) -> str:
     return LOCAL_BASE_IMAGE
 
 
+def apt_install(*packages: str) -> None:
+    """Install Debian packages on the host (the caller checked for root and apt)."""
+    env = clean_env(dict(os.environ))
+    env["DEBIAN_FRONTEND"] = "noninteractive"
+    run(["apt-get", "update"], env=env)
+    run(["apt-get", "install", "-y", *packages], env=env)
+
+
 def step_base_image(image: str) -> str:
     BASE_IMAGE_FILE.write_text(image + "\n")
     if image_exists(image):
@@ -203,25 +256,24 @@ def step_base_image(image: str) -> str:
         if succeeds(["docker", "pull", "-q", image], timeout=300):
             return f"{image} pulled"
         raise StepFailed(f"BASE_IMAGE={image} is not on this engine and cannot be pulled")
-    log(f"no registry answers: building {image} from Debian's trixie packages")
+    # No registry answers: build the same minbase trixie from Debian's packages.
     if shutil.which("mmdebstrap") is None:
-        env = clean_env(dict(os.environ))
-        run(["apt-get", "update", "-qq"], env=env)
-        run(["apt-get", "install", "-y", "-qq", "mmdebstrap"], env=env, capture=True)
+        apt_install("mmdebstrap")
     # Validity switch for this build only (a snapshot mirror's Release files may be past
     # Valid-Until); the image does not keep it (see mmdebstrap_command).
     apt_opts = ['Acquire::Check-Valid-Until "false"']
-    env = clean_env(dict(os.environ))
-    build = subprocess.Popen(mmdebstrap_command("trixie", apt_opts),
-                             stdout=subprocess.PIPE, env=env)
-    imported = subprocess.run(docker_import_command(image), stdin=build.stdout,
-                              stdout=subprocess.DEVNULL)
+    build_cmd, import_cmd = mmdebstrap_command("trixie", apt_opts), docker_import_command(image)
+    build = subprocess.Popen(build_cmd, stdout=subprocess.PIPE, stderr=LOG.command(build_cmd),
+                             env=clean_env(dict(os.environ)))
+    out = LOG.command(import_cmd)
+    imported = subprocess.run(import_cmd, stdin=build.stdout, stdout=out, stderr=out)
     build.stdout.close()
     if build.wait() != 0 or imported.returncode != 0:
-        raise StepFailed(f"building {image} with mmdebstrap failed "
+        raise StepFailed(f"no registry answers, and building {image} with mmdebstrap failed "
                          f"(mmdebstrap exit {build.returncode}, docker import exit "
                          f"{imported.returncode})")
-    return f"{image} built from Debian trixie packages (written to {BASE_IMAGE_FILE.name})"
+    return (f"{image} built from Debian trixie packages: no registry answers "
+            f"(written to {BASE_IMAGE_FILE.name})")
 
 
 def step_compose(image: str) -> str:
@@ -230,12 +282,12 @@ def step_compose(image: str) -> str:
     dest = cli_plugins_dir(dict(os.environ))
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        script = ("set -e; apt-get update -qq; cd /tmp; "
-                  "apt-get download -qq docker-compose docker-buildx; "
+        script = ("set -e; apt-get update; cd /tmp; "
+                  "apt-get download docker-compose docker-buildx; "
                   "for deb in *.deb; do dpkg-deb -x \"$deb\" /tmp/x; done; "
                   "cp /tmp/x/usr/libexec/docker/cli-plugins/docker-* /out/")
         run(["docker", "run", "--rm", "--network", "bridge", "-v", f"{tmp}:/out", image,
-             "sh", "-c", script], capture=True)
+             "sh", "-c", script])
         for plugin in ("docker-compose", "docker-buildx"):
             target = dest / plugin
             shutil.copy2(Path(tmp) / plugin, target)
@@ -244,7 +296,7 @@ def step_compose(image: str) -> str:
     return f"docker compose {version} installed into {dest} from Debian's packages"
 
 
-def step_wheelhouse(locks: tuple[str, ...]) -> str:
+def fill_wheelhouse(locks: tuple[str, ...]) -> str:
     done = []
     for name in locks:
         lock = ROOT / "requirements" / f"{name}.lock"
@@ -267,7 +319,7 @@ def step_host_venv() -> str:
     if stamp.is_file() and stamp.read_text().strip() == sha256_of(lock):
         return "current"
     run([sys.executable, "-m", "venv", "--clear", str(venv)])
-    run([str(venv / "bin" / "pip"), "install", "--quiet", "--require-hashes", "-r", str(lock)])
+    run([str(venv / "bin" / "pip"), "install", "--require-hashes", "-r", str(lock)])
     stamp.write_text(sha256_of(lock) + "\n")
     return f"{venv.name} created"
 
@@ -281,45 +333,58 @@ def step_browser() -> str:
         return f"{found} present"
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return "skipped (needs root and apt): the Flower page test will be skipped"
-    env = clean_env(dict(os.environ))
-    run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", BROWSERS[0]], env=env, capture=True)
+    apt_install(BROWSERS[0])
     return f"{BROWSERS[0]} installed from Debian's packages"
 
 
+def step_functions(image: str) -> dict:
+    return {"base-image": lambda: step_base_image(image), "compose": lambda: step_compose(image),
+            "wheelhouse": lambda: fill_wheelhouse(APP_LOCKS),
+            "test-wheelhouse": lambda: fill_wheelhouse(TEST_LOCKS),
+            "host-venv": step_host_venv, "browser": step_browser}
+
+
+def say(text: str, end: str = "\n", file=None) -> None:
+    print(text, end=end, file=file or sys.stdout, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global LOG
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("steps", nargs="*", help=f"steps to run (default: all: "
-                                                  f"{', '.join(ALL_STEPS)})")
-    parser.add_argument("--production", action="store_true",
-                        help=f"only what a production host needs: {', '.join(PRODUCTION_STEPS)} "
-                             f"(wheelhouse of {', '.join(APP_LOCKS)} only)")
+    parser.add_argument("--for", dest="plan", choices=sorted(PLANS), default=DEFAULT_PLAN,
+                        help="what the caller needs: " + "; ".join(
+                            f"{name}: {', '.join(plan(name))}" for name in PLANS))
+    parser.add_argument("steps", nargs="*", metavar="STEP",
+                        help=f"run only these steps (of {', '.join(ALL_STEPS)})")
     args = parser.parse_args(argv)
-    default_steps, locks = plan(args.production)
-    if args.production and args.steps:
-        parser.error("--production runs its own steps; give no step names with it")
     for name in args.steps:
         if name not in ALL_STEPS:
             parser.error(f"unknown step {name!r}; known: {', '.join(ALL_STEPS)}")
-    if not succeeds(["docker", "info"], timeout=30):
-        print("bootstrap: the Docker Engine does not answer (`docker info` failed): start it "
-              "first", file=sys.stderr)
-        return 1
-    image = choose_base_image(os.environ.get("BASE_IMAGE"))
-    steps = {"base-image": lambda: step_base_image(image), "compose": lambda: step_compose(image),
-             "wheelhouse": lambda: step_wheelhouse(locks), "host-venv": step_host_venv,
-             "browser": step_browser}
-    total = time.monotonic()
-    for name in args.steps or default_steps:
-        started = time.monotonic()
-        try:
-            outcome = steps[name]()
-        except StepFailed as exc:
-            print(f"bootstrap: step {name} FAILED after {time.monotonic() - started:.1f}s: {exc}",
-                  file=sys.stderr)
+    steps = [s for s in ALL_STEPS if s in args.steps] if args.steps else plan(args.plan)
+    image = ""
+    if DOCKER_STEPS & set(steps):
+        if not succeeds(["docker", "info"], timeout=30):
+            say("bootstrap: the Docker Engine does not answer (`docker info` failed): start it "
+                "first", file=sys.stderr)
             return 1
-        log(f"{name:<10} {time.monotonic() - started:6.1f}s  {outcome}")
-    log(f"done in {time.monotonic() - total:.1f}s")
+        image = choose_base_image(os.environ.get("BASE_IMAGE"))
+    LOG = CommandLog(LOG_FILE)
+    functions = step_functions(image)
+    total = time.monotonic()
+    for name in steps:
+        started = time.monotonic()
+        say(f"bootstrap: {name:<15}", end=" ")
+        try:
+            outcome = functions[name]()
+        except StepFailed as exc:
+            say(f"{time.monotonic() - started:6.1f}s  FAILED: {exc}")
+            say(f"---- the last {LOG_TAIL_LINES} lines of {LOG.path} ----\n{LOG.tail()}\n"
+                f"---- bootstrap: step {name} failed; its commands' output: {LOG.path}",
+                file=sys.stderr)
+            return 1
+        say(f"{time.monotonic() - started:6.1f}s  {outcome}")
+    logged = f" (commands' output: {LOG.path})" if LOG.path.stat().st_size else ""
+    say(f"bootstrap: done in {time.monotonic() - total:.1f}s{logged}")
     return 0
 
 

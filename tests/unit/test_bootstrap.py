@@ -1,6 +1,12 @@
-"""The bootstrap's pure parts (what it runs, how it decides to skip) and the locks it reads."""
+"""The bootstrap: what each plan runs, what it prints and logs, how it decides to skip, and the
+locks it reads."""
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import bootstrap
 
@@ -83,49 +89,102 @@ def test_the_base_image_chosen_online_is_the_official_one(tmp_path, monkeypatch)
     assert bootstrap.choose_base_image("my/base:1") == "my/base:1"
 
 
-def test_the_production_plan_has_no_browser_no_host_venv_no_test_wheels():
-    steps, locks = bootstrap.plan(production=True)
-    assert steps == ("base-image", "compose", "wheelhouse")
-    assert "browser" not in steps and "host-venv" not in steps
-    assert locks == ("django", "fastapi")
-    all_steps, all_locks = bootstrap.plan(production=False)
-    assert set(steps) < set(all_steps) and "test" in all_locks
+def test_a_stack_needs_no_browser_no_host_venv_and_no_test_tools():
+    """What `make dev-up` and `make prod-up` install: enough to build and run a stack."""
+    assert bootstrap.plan("stack") == ("base-image", "compose", "wheelhouse")
+    assert bootstrap.plan("tools") == ("host-venv",)
+    assert set(bootstrap.plan("bench")) == set(bootstrap.plan("stack")) | {"host-venv"}
+    assert bootstrap.plan("test") == bootstrap.ALL_STEPS  # everything, in the order they need
+    assert bootstrap.DEFAULT_PLAN == "stack"
 
 
-def test_bootstrap_production_runs_only_the_production_steps(monkeypatch, capsys):
-    """`scripts/bootstrap --production` (make prod-up): the steps really run, and no other."""
+@pytest.fixture
+def steps_ran(monkeypatch, tmp_path):
+    """main() with every step replaced by one that records it (and the locks it fills)."""
     ran = []
+    monkeypatch.setattr(bootstrap, "LOG_FILE", tmp_path / "bootstrap.log")
     monkeypatch.setattr(bootstrap, "succeeds", lambda cmd, timeout=120: True)  # docker info
     monkeypatch.setattr(bootstrap, "choose_base_image", lambda requested: "trinity/base:trixie")
     monkeypatch.setattr(bootstrap, "step_base_image", lambda image: ran.append("base-image") or "ok")
     monkeypatch.setattr(bootstrap, "step_compose", lambda image: ran.append("compose") or "ok")
-    monkeypatch.setattr(bootstrap, "step_wheelhouse",
-                        lambda locks: ran.append(("wheelhouse", locks)) or "ok")
+    monkeypatch.setattr(bootstrap, "fill_wheelhouse", lambda locks: ran.append(locks) or "ok")
     monkeypatch.setattr(bootstrap, "step_host_venv", lambda: ran.append("host-venv") or "ok")
     monkeypatch.setattr(bootstrap, "step_browser", lambda: ran.append("browser") or "ok")
-    assert bootstrap.main(["--production"]) == 0
-    assert ran == ["base-image", "compose", ("wheelhouse", ("django", "fastapi"))]
-    ran.clear()
-    assert bootstrap.main([]) == 0
-    assert ran == ["base-image", "compose", ("wheelhouse", ("django", "fastapi", "test")),
-                   "host-venv", "browser"]
+    return ran
 
 
-def _make_target(makefile: str, name: str) -> tuple[list[str], str]:
-    target = re.search(rf"^{re.escape(name)}:(.*)\n((?:\t.*\n)+)", makefile, re.M)
-    assert target, f"no {name} target in the Makefile"
-    return target.group(1).split("##")[0].split(), target.group(2)
+def test_each_plan_runs_its_steps_and_no_other(steps_ran):
+    assert bootstrap.main(["--for", "stack"]) == 0
+    assert steps_ran == ["base-image", "compose", ("django", "fastapi")]
+    steps_ran.clear()
+    assert bootstrap.main(["--for", "test"]) == 0
+    assert steps_ran == ["base-image", "compose", ("django", "fastapi"), ("test",), "host-venv",
+                         "browser"]
+    steps_ran.clear()
+    assert bootstrap.main(["browser"]) == 0
+    assert steps_ran == ["browser"]
 
 
-def test_the_makefile_prod_up_runs_the_production_bootstrap():
-    """As a prerequisite: make computes a target's environment once, before its first recipe
-    line, so only a prerequisite's .base-image reaches prod-up's BASE_IMAGE."""
-    makefile = (bootstrap.ROOT / "Makefile").read_text()
-    prerequisites, _ = _make_target(makefile, "prod-up")
-    assert "bootstrap" not in prerequisites  # the full one: browser, host venv, test wheels
-    assert prerequisites[0] == "bootstrap-prod"
-    _, recipe = _make_target(makefile, "bootstrap-prod")
-    assert recipe.split() == ["@scripts/bootstrap", "--production"]
+def test_the_tools_need_no_docker_engine(steps_ran, monkeypatch):
+    """`make check-config` and `make test-unit` work on a machine whose engine is down."""
+    monkeypatch.setattr(bootstrap, "succeeds", lambda cmd, timeout=120: False)
+    assert bootstrap.main(["--for", "tools"]) == 0
+    assert steps_ran == ["host-venv"]
+    assert bootstrap.main(["--for", "stack"]) == 1  # but a stack does
+
+
+def _noisy_step(code: int):
+    """A step whose command prints as apt and dpkg do, then exits with `code`. (The lines are
+    built at run time: the log also holds the command, which must not pass for its output.)"""
+    script = ("import sys; print('Selecting previously unselected package %s.' % 'x'); "
+              f"print('dpkg' + ': warning', file=sys.stderr); sys.exit({code})")
+    return lambda: bootstrap.run([sys.executable, "-c", script]) and "installed"
+
+
+def test_one_line_per_step_and_the_commands_output_goes_to_the_log(steps_ran, monkeypatch,
+                                                                     capfd):
+    monkeypatch.setattr(bootstrap, "step_browser", _noisy_step(0))
+    assert bootstrap.main(["host-venv", "browser"]) == 0
+    out, err = capfd.readouterr()  # the file descriptors: what the commands print too
+    lines = out.splitlines()
+    assert [line.split()[1] for line in lines[:-1]] == ["host-venv", "browser"], out
+    assert re.fullmatch(r"bootstrap: browser\s+[\d.]+s  installed", lines[1]), out
+    assert lines[-1].startswith("bootstrap: done in") and str(bootstrap.LOG_FILE) in lines[-1]
+    assert "Selecting" not in out + err and "dpkg" not in out + err
+    log = bootstrap.LOG_FILE.read_text().splitlines()
+    assert "Selecting previously unselected package x." in log and "dpkg: warning" in log
+
+
+def test_a_failed_step_prints_the_end_of_its_log_and_where_the_log_is(steps_ran, monkeypatch,
+                                                                       capfd):
+    monkeypatch.setattr(bootstrap, "step_browser", _noisy_step(3))
+    assert bootstrap.main(["--for", "test"]) == 1
+    out, err = capfd.readouterr()
+    assert re.search(r"^bootstrap: browser\s+[\d.]+s  FAILED: python\S* -c .* exited 3$", out,
+                     re.M), out
+    assert "dpkg: warning" in err and str(bootstrap.LOG_FILE) in err
+    assert "done in" not in out
+
+
+def _dry_run(target: str) -> list[str]:
+    """The arguments of each bootstrap `make TARGET` would run (make -n runs nothing)."""
+    proc = subprocess.run(["make", "-n", "-C", str(bootstrap.ROOT), target], text=True,
+                          capture_output=True, check=True)
+    return [line.partition(" ")[2] for line in proc.stdout.splitlines()
+            if line.startswith("scripts/bootstrap")]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_each_make_target_asks_the_bootstrap_for_what_it_needs_only():
+    """dev-up and prod-up get a stack (no browser, no test tools); the tests everything. As a
+    prerequisite: make computes a target's environment once, before its first recipe line, so
+    only a prerequisite's .base-image reaches the recipe's BASE_IMAGE."""
+    assert _dry_run("dev-up") == ["--for stack"]
+    assert _dry_run("prod-up") == ["--for stack"]
+    assert _dry_run("check-config") == ["--for tools"]
+    assert _dry_run("bench") == ["--for bench"]
+    assert _dry_run("test")[0] == "--for test"
+    assert _dry_run("bootstrap") == ["--for test"]
 
 
 def test_cli_plugins_dir_honours_docker_config():

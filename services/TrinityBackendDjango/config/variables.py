@@ -232,7 +232,7 @@ VARIABLES: tuple[Variable, ...] = (
     _var("GATEWAY_DATABASE_PASSWORD", "the password of `GATEWAY_DATABASE_URL`'s user",
          files=PER_SERVICE, read_by=("gateway",), secret=True),
     _var("API_TOKEN_CACHE_SECONDS", "FastAPI trusts a checked token this long (how late a "
-         "revocation can be seen)", 10, non_negative_int, read_by=("gateway",)),
+         "revocation can be seen); while Postgres does not answer, 300 s more", 10, non_negative_int, read_by=("gateway",)),
     _var("FASTAPI_DOCS", "`/docs`, `/redoc`, `/openapi.json`", parse=boolean,
          read_by=("gateway",), default_text="`true`; `false` with `TRINITY_ENV=production`"),
     _var("FASTAPI_ROOT_PATH", "the prefix the proxy strips (production: `/gateway`)",
@@ -266,7 +266,8 @@ VARIABLES: tuple[Variable, ...] = (
     _var("POSTGRES_GATEWAY_PASSWORD", "its password", files=PER_SERVICE, read_by=("postgres",),
          secret=True),
     # Redis (images/redis)
-    _var("REDIS_MAXMEMORY", "Redis's memory limit; near it an enqueue answers 503", read_by=("redis",),
+    _var("REDIS_MAXMEMORY", "Redis's memory limit; from 90 % of it both apps refuse new tasks "
+         "(503 with the reason), so the workers keep room to drain the queues", read_by=("redis",),
          default_text="none"),
     *(_var(f"REDIS_{role.upper()}_PASSWORD", f"production (ACL mode): the password of the "
            f"`{role}` Redis user", files=PER_SERVICE, read_by=("redis",), secret=True)
