@@ -64,7 +64,7 @@ else
 endif
 
 bench: bootstrap ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~15 min)
-	.venv/bin/python bench/run.py
+	PYTHONPATH=scripts .venv/bin/python bench/run.py $(BENCH_ARGS)
 
 check-config: bootstrap ## env files, compose anchors and celery_settings.py name the same variables
 	.venv/bin/python scripts/check_config.py
