@@ -26,7 +26,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from celery.result import AsyncResult
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django_tenants.utils import schema_context
@@ -153,9 +152,12 @@ class Checks:
             raise StepFailed(f"no operation is routed to {', '.join(unprobed)}")
         runs = self.wait_final([s.run.pk for s in sent])
         self.echo_task_id = sent[0].run.celery_task_id
-        return ", ".join(
-            judge_run(runs[s.run.pk], result.state, result.queue, s.queue, payloads[op])
-            for s, op in zip(sent, payloads) for result in [AsyncResult(s.run.celery_task_id)])
+        seen = []
+        for submission, payload in zip(sent, payloads.values()):
+            result = app.AsyncResult(submission.run.celery_task_id)  # queue: result_extended
+            seen.append(judge_run(runs[submission.run.pk], result.state, result.queue,
+                                  submission.queue, payload))
+        return ", ".join(seen)
 
     def wait_final(self, ids: list[int]) -> dict[int, TaskRun]:
         deadline = time.monotonic() + self.task_timeout
