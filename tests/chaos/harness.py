@@ -7,7 +7,6 @@ deadline and a failure prints the services' logs.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import time
@@ -85,12 +84,17 @@ def count_taskruns(stack: Stack) -> int:
 
 
 def enqueue(stack: Stack, specs: list[tuple[str, object]]) -> list[int]:
-    """Send one TaskRun per (operation, payload) with `manage.py enqueue`, one call per run of
-    equal specs; their ids, in order."""
-    ids: list[int] = []
-    for (operation, payload), run in itertools.groupby(specs):
-        sent = stack.enqueue(operation, payload, "--count", str(len(list(run))))
-        ids += [line["task_run_id"] for line in sent]
+    """Send one TaskRun per (operation, payload) with `manage.py enqueue`, one call (one Django
+    start) per distinct spec, each to its own queue; their ids, in the order of `specs`."""
+    positions: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        positions.setdefault(json.dumps(spec), []).append(i)
+    ids = [0] * len(specs)
+    for spec, where in positions.items():
+        operation, payload = json.loads(spec)
+        sent = stack.enqueue(operation, payload, "--count", str(len(where)))
+        for i, line in zip(where, sent, strict=True):
+            ids[i] = line["task_run_id"]
     return ids
 
 
