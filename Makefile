@@ -6,8 +6,13 @@ DEV_FILE  := docker-compose-dev.yml
 COMPOSE   := docker compose -f $(DEV_FILE)
 PROD_FILE := docker-compose.yml
 PROD_ENV  ?= envs/prod.env
-# `make validate STACK=prod` checks the production stack instead of the dev one.
+# The stack that validate, backup, backups and restore act on: STACK=dev (default) or prod.
 STACK     ?= dev
+ifeq ($(STACK),prod)
+STACK_ARGS := --file $(PROD_FILE) --env-file $(PROD_ENV)
+else
+STACK_ARGS := --file $(DEV_FILE)
+endif
 PYTEST    := .venv/bin/pytest
 # Everything this project builds carries this label; `make clean` removes only that.
 LABEL     := org.trinity.project=trinity
@@ -60,18 +65,7 @@ prod-down: ## stop the production stack (keeps its volumes)
 	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) --profile '*' down
 
 validate: bootstrap-tools ## the runbook against the running stack (STACK=dev|prod): PASS/FAIL per step
-ifeq ($(STACK),prod)
-	.venv/bin/python scripts/validate.py --file $(PROD_FILE) --env-file $(PROD_ENV)
-else
-	.venv/bin/python scripts/validate.py --file $(DEV_FILE)
-endif
-
-# The stack the operator tools act on: STACK=dev (default) or STACK=prod.
-ifeq ($(STACK),prod)
-STACK_ARGS := --file $(PROD_FILE) --env-file $(PROD_ENV)
-else
-STACK_ARGS := --file $(DEV_FILE)
-endif
+	.venv/bin/python scripts/validate.py $(STACK_ARGS)
 
 backup: ## dump every tenant schema to BACKUP_DIR (./backups), verify it, keep the last BACKUP_KEEP (7)
 	python3 scripts/backup.py $(STACK_ARGS) backup
@@ -84,7 +78,7 @@ restore: ## restore FILE=... into the running stack (STACK=dev|prod): checks it,
 	python3 scripts/backup.py $(STACK_ARGS) restore $(FILE)
 
 bench: bootstrap-bench ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~15 min)
-	.venv/bin/python bench/run.py
+	PYTHONPATH=scripts .venv/bin/python bench/run.py $(BENCH_ARGS)
 
 check-config: bootstrap-tools ## every variable the env files, compose files and scripts name is declared once (config/variables.py)
 	.venv/bin/python scripts/check_config.py

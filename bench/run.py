@@ -2,12 +2,13 @@
 in the same run on the same containers, print one table, write bench/RESULTS.md and
 bench/latency.png, then `down -v` the stack (also on failure or Ctrl-C).
 
-    .venv/bin/python bench/run.py            # the real run: N=20000 no-ops, 10 s of wrk per URL
-    .venv/bin/python bench/run.py --quick    # N=2000, 3 s of wrk: a few minutes, for development
-    .venv/bin/python bench/run.py --no-tune  # skip the tuning variants (before/after table)
+    make bench                       # the real run: N=20000 no-ops, 10 s of wrk per URL
+    make bench BENCH_ARGS=--quick    # N=2000, 3 s of wrk: a few minutes, for development
+    make bench BENCH_ARGS=--no-tune  # skip the tuning variants (before/after table)
 
-Host side: Python 3 stdlib + docker CLI (compose v2) + wrk (installed from Debian when missing and
-root; else the HTTP figure is skipped with the reason). Everything next to Redis runs in one-off
+Host side: the host venv (the stack harness scripts/stack.py, Pillow for the histograms) + docker
+CLI (compose v2) + wrk (installed from Debian when missing and root; else the HTTP figure is
+skipped with the reason). Everything next to Redis runs in one-off
 containers of the django image (bench/inner.py, with bench/ mounted at /bench).
 """
 from __future__ import annotations
@@ -20,15 +21,16 @@ import platform
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
+
+# scripts/stack.py: `make bench` and tests/test_bench.py put scripts/ on PYTHONPATH.
+from stack import Stack as ComposeProject, base_image, free_port
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -47,19 +49,12 @@ class Skip(Exception):
 
 
 # ---- the stack ----------------------------------------------------------------------------------
-sys.path.insert(0, str(ROOT / "tests"))
-from stack import Stack as ComposeProject, base_image, free_port  # noqa: E402  the tests' helpers
-
-
 class Stack(ComposeProject):
-    """The bench's own compose project: the tests' wrapper, plus running bench/inner.py."""
+    """The bench's own compose project: the one harness (scripts/stack.py), plus running
+    bench/inner.py."""
 
     def __init__(self, project: str):
         super().__init__(files=FILES, env_file=ENV_FILE, project=project)
-
-    def up(self) -> None:
-        self.compose("build", *SERVICES, timeout=1800)  # the tree as it is (cached: seconds)
-        self.compose("up", "-d", "--wait", "--wait-timeout", "240", *SERVICES, timeout=400)
 
     def port(self, service: str, port: int) -> str:
         return self.compose("port", service, str(port)).stdout.strip()
@@ -290,54 +285,35 @@ def cpu_note(r: dict, parts: list[str]) -> str:
                      if k in cpu) + f" us/req (dockerd {cpu['dockerd']:,.0f}, shared)"
 
 
-# ---- PNG (stdlib only: zlib + struct) ------------------------------------------------------------
-def write_png(path: Path, width: int, height: int, pixels: list[bytearray]) -> None:
-    raw = b"".join(b"\x00" + bytes(row) for row in pixels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    png = (b"\x89PNG\r\n\x1a\n"
-           + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    path.write_bytes(png)
-
-
+# ---- histograms (Pillow) -------------------------------------------------------------------------
 def histogram_png(path: Path, series: list[tuple[list[int], tuple]], x_max_us: int,
                   bins: int = 100, tick_us: int = 1000) -> float:
-    """Bars of each series' histogram (counts normalised to the series' own peak), 0..x_max_us.
-    A grey tick every tick_us along the bottom. Returns the bin width in microseconds."""
-    W, H, M = 800, 300, 20
-    pix = [bytearray(b"\xff" * (W * 3)) for _ in range(H)]
-    bw = x_max_us / bins
-    col_w = (W - 2 * M) / bins
+    """Bars of each series' histogram (counts normalised to the series' own peak), 0..x_max_us,
+    later series drawn over earlier ones; a grey tick every tick_us along the x axis. Returns
+    the bin width in microseconds."""
+    from PIL import Image, ImageDraw
 
-    def put(x, y, rgb):
-        if 0 <= x < W and 0 <= y < H:
-            pix[y][3 * x:3 * x + 3] = bytes(rgb)
-
+    width, height, margin = 800, 300, 20
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    bin_us, column = x_max_us / bins, (width - 2 * margin) / bins
+    floor, tallest = height - margin, height - 2 * margin
     for samples, rgb in series:
         counts = [0] * bins
         for s in samples:
-            counts[min(int(s / bw), bins - 1)] += 1
+            counts[min(int(s / bin_us), bins - 1)] += 1  # the last bin holds the rest
         peak = max(counts) or 1
         for i, c in enumerate(counts):
-            h = int((H - 2 * M) * c / peak)
-            x0, x1 = int(M + i * col_w), int(M + (i + 1) * col_w) - 1
-            for x in range(x0, max(x0 + 1, x1)):
-                for y in range(H - M - h, H - M):
-                    put(x, y, rgb)
-    for x in range(M, W - M):  # x axis
-        put(x, H - M, (0, 0, 0))
-    t = 0
-    while t <= x_max_us:
-        x = int(M + t / bw * col_w)
-        for y in range(H - M, H - M + 8):
-            put(x, y, (90, 90, 90))
-        t += tick_us
-    write_png(path, W, H, pix)
-    return bw
+            if c:
+                left = margin + i * column
+                draw.rectangle([left, floor - tallest * c / peak, left + column - 1, floor],
+                               fill=rgb)
+    draw.line([margin, floor, width - margin, floor], fill="black")
+    for t in range(0, x_max_us + 1, tick_us):
+        x = margin + t / bin_us * column
+        draw.line([x, floor, x, floor + 8], fill=(90, 90, 90))
+    image.save(path, "PNG", optimize=True)
+    return bin_us
 
 
 # ---- machine ---------------------------------------------------------------------------------------
@@ -470,7 +446,7 @@ def main() -> int:
     try:
         log(f"stack {project}: up {' '.join(SERVICES)}")
         t = time.monotonic()
-        stack.up()
+        stack.up(SERVICES)  # builds the tree as it is (cached: seconds)
         log(f"stack healthy in {time.monotonic() - t:.0f}s")
         time.sleep(5)  # let start-up settle before the idle footprint
         section(table, "footprint (idle)", fig_footprint_idle, stack, ctx)
@@ -525,7 +501,7 @@ def main() -> int:
 def fig_footprint_idle(table: Table, stack: Stack, ctx):
     name = f"{stack.project}-bare-python"
     subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--entrypoint", "python",
-                    "trinity/django:dev", "-c", "import time; time.sleep(300)"],
+                    stack.container("web").image.id, "-c", "import time; time.sleep(300)"],
                    capture_output=True, check=True)
     try:
         time.sleep(2)
@@ -707,8 +683,8 @@ def fig_images(table: Table, stack: Stack, ctx):
     # bootstrap's choice, else the templates' default).
     base_name = os.environ.get("BASE_IMAGE") or base_image() or "debian:trixie-slim"
     base = size(base_name)
-    for img in ("trinity/django:dev", "trinity/fastapi:dev", "trinity/postgres:dev",
-                "trinity/redis:dev", "trinity/proxy:dev"):
+    for service in ("web", "fastapi", "postgres", "redis", "proxy"):
+        img = stack.container(service).image.tags[0]  # as compose tagged it (TRINITY_TAG)
         s = size(img)
         target = "; target <= base + 90 MB" if "django" in img or "fastapi" in img else ""
         table.ratio(f"image {img}", s, "MB", base_name, base,

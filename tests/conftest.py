@@ -1,53 +1,47 @@
-"""Session-wide compose stack for the stack tests; unit tests under tests/unit never start it."""
+"""The stack fixtures, each one compose project brought up by the one harness (scripts/stack.py:
+build, up --wait, the logs of every service when a test failed, always down -v). Unit tests
+under tests/unit never start one; tests/chaos/conftest.py adds the chaos package's own."""
 from __future__ import annotations
 
-import os
-import time
+import subprocess
 
 import pytest
 
-from stack import Stack
+from edge import Edge, prod_stack
+from stack import ROOT, Stack, running
 
-FILES = ["docker-compose-dev.example.yml", "compose/test.yml"]
-
-
-def _services(stack: Stack) -> list[str]:
-    services = stack.compose("config", "--services").stdout.split()
-    mongo_image = os.environ.get("MONGO_IMAGE", "mongo:7")
-    if "mongo" in services and not _image_present(stack, mongo_image):
-        print(f"\nmongo left out of the test stack: image {mongo_image} is not on this engine "
-              "and cannot be pulled without a registry")
-        services.remove("mongo")
-    return services
-
-
-def _image_present(stack: Stack, name: str) -> bool:
-    try:
-        stack.client.images.get(name)
-        return True
-    except Exception:
-        return False
+DEV_FILES = ["docker-compose-dev.example.yml", "compose/test.yml"]
+PROD_SCAN_INTERVAL = 2  # seconds between beat's periodic job in the prod tests' stack
+PROD_RATE = 5  # requests per second per token at the prod tests' proxy (and as many burst)
 
 
 @pytest.fixture(scope="session")
 def stack(request):
-    stack = Stack(files=FILES)
-    services = _services(stack)
-    started = time.monotonic()
-    try:
-        stack.compose("build", *[s for s in services if s != "mongo"], timeout=1800)
-        # --wait: every service healthy (one-shots like `migrate` exited 0) or fail.
-        proc = stack.compose("up", "-d", "--wait", "--wait-timeout", "240", *services,
-                             check=False, timeout=300)
-        if proc.returncode != 0:
-            pytest.fail(f"the stack did not come up healthy:\n{proc.stderr[-2000:]}\n"
-                        + "\n".join(stack.logs(s) for s in services), pytrace=False)
-        print(f"\nstack {stack.project} healthy in {time.monotonic() - started:.1f}s: "
-              f"{', '.join(services)}")
-        stack.services = services
-        yield stack
-    finally:
-        if request.session.testsfailed:
-            for s in services:
-                print(stack.logs(s, tail=80))
-        stack.down()
+    """The dev template (with the -test images) under a unique project name."""
+    dev = Stack(files=DEV_FILES)
+    with running(dev, dev.services(), show_logs=lambda: request.session.testsfailed) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def prod(tmp_path_factory, request):
+    """The production template with random secrets, started as the guide does (plus --wait)."""
+    stack = prod_stack(tmp_path_factory.mktemp("prod"), "trinity-prodtest",
+                       CELERY_STUCK_SCAN_INTERVAL=str(PROD_SCAN_INTERVAL),
+                       PROXY_RATE=f"{PROD_RATE}r/s", PROXY_BURST=str(PROD_RATE))
+    with running(stack, ["web", "fastapi", "celery"],
+                 show_logs=lambda: request.session.testsfailed) as up:
+        up.edge = Edge(up)
+        up.scan_interval, up.rate = PROD_SCAN_INTERVAL, PROD_RATE
+        yield up
+
+
+@pytest.fixture(scope="session")
+def validate():
+    """validate(stack): `make validate`'s script against that stack, its output captured."""
+    def run(stack: Stack) -> subprocess.CompletedProcess:
+        files = [arg for f in stack.files for arg in ("--file", f)]
+        return subprocess.run([str(ROOT / ".venv/bin/python"), "scripts/validate.py", *files,
+                               "--project", stack.project, "--env-file", stack.env_file],
+                              cwd=ROOT, capture_output=True, text=True, timeout=400)
+    return run

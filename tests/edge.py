@@ -1,6 +1,6 @@
 """The production stack as a client on the internet sees it: through the proxy, over TLS, with
-an API token. Shared by the prod and chaos tests; each brings up its own stack with
-`up_prod_stack`.
+an API token. Shared by the prod and chaos tests; their fixtures (conftest.py) start the stack
+that `prod_stack` describes.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
-import pytest
 import requests
 import urllib3
 
@@ -56,21 +55,13 @@ def secret_values(env_file: Path) -> dict[str, str]:
     return {p.name: p.read_text().strip() for p in folder.iterdir()}
 
 
-def up_prod_stack(tmp: Path, prefix: str, services: list[str], **override: str) -> Stack:
-    """Build and start the production template under a unique project; fail with logs."""
+def prod_stack(tmp: Path, prefix: str, **override: str) -> Stack:
+    """The production template under a unique project, with its own env file (`prod_env`);
+    not started yet (conftest.py's fixtures start it with stack.running)."""
     env_file = prod_env(tmp, **override)
     stack = Stack(files=[PROD_FILE], env_file=str(env_file),
                   project=f"{prefix}-{secrets.token_hex(4)}")
     stack.env_path = env_file
-    stack.compose("build", "postgres", "redis", "proxy", "web", "fastapi", timeout=1800)
-    proc = stack.compose("up", "-d", "--wait", "--wait-timeout", "240", *services,
-                         check=False, timeout=300)
-    if proc.returncode != 0:
-        logs = "\n".join(stack.logs(s) for s in ["postgres", "redis", "migrate", "proxy",
-                                                  *services])
-        stack.down()
-        pytest.fail(f"the {prefix} stack did not come up:\n{proc.stderr[-2000:]}\n{logs}",
-                    pytrace=False)
     return stack
 
 

@@ -30,12 +30,9 @@ def django_shell(stack, code: str) -> str:
 
 
 def create_task_run(stack, operation: str, payload=None, schema: str = "public") -> int:
-    code = ("from django_tenants.utils import schema_context\n"
-            "from apps.orchestration.models import TaskRun\n"
-            f"with schema_context({schema!r}):\n"
-            f"    print(TaskRun.objects.create(operation={operation!r}, "
-            f"payload=json.loads({json.dumps(payload)!r})).pk)")
-    return int(django_shell(stack, "import json\n" + code).splitlines()[-1])
+    """A TaskRun recorded and not sent, for the guide's command to send."""
+    [run] = stack.enqueue(operation, payload, "--no-send", "--schema", schema)
+    return run["task_run_id"]
 
 
 def enqueue_as_the_guide_does(stack, task_run_id: int, schema: str = "public") -> str:
@@ -86,6 +83,15 @@ def test_task_enqueued_from_the_django_shell_reaches_success(stack):
     row = task_run_row(stack, pk)
     assert row["status"] == "SUCCESS" and row["result"] == {"hello": "guide"}, row
     assert row["celery_task_id"] == task_id
+
+
+def test_the_enqueue_command_waits_for_the_outcome_and_prints_it(stack):
+    [done] = stack.enqueue("echo", {"hello": "tooling"}, "--wait", "60")
+    assert (done["status"], done["result"], done["queue"]) == (
+        "SUCCESS", {"hello": "tooling"}, "trinity.tasks"), done
+    [failed] = stack.enqueue("fail", "on purpose", "--wait", "60", check=False)
+    assert failed["status"] == "FAILURE" and "on purpose" in failed["error"], failed
+    assert task_run_row(stack, failed["task_run_id"])["status"] == "FAILURE"
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +162,15 @@ def test_worker_consumes_the_default_cpu_and_io_queues(stack):
         assert QUEUES <= {q["name"] for q in queues}, (node, queues)
 
 
+def test_validate_passes_every_step_on_the_running_stack(stack, validate):
+    proc = validate(stack)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for step in ("workers", "queues", "tasks", "monitor", "stuck"):
+        assert re.search(rf"^PASS\s+{step} ", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^(PASS|SKIP)\s+beat ", proc.stdout, re.M), proc.stdout
+
+
 @pytest.mark.parametrize("operation,payload,queue", [
     ("primes", 20000, "trinity.tasks.cpu"),
     ("sleep", 0.2, "trinity.tasks.io"),
@@ -174,8 +189,8 @@ def test_operations_run_from_the_queue_of_their_kind(stack, auth, operation, pay
 
 
 def test_inspect_commands_of_the_runbook_answer(stack):
-    pk = create_task_run(stack, "noop")
-    task_id = enqueue_as_the_guide_does(stack, pk)
+    [run] = stack.enqueue("noop")
+    task_id = run["task_id"]
     wait_final(stack, task_id)
     for args in (["query_task", task_id], ["reserved"], ["scheduled"]):
         code, out = stack.exec("celery", CELERY + ["inspect", *args, "--timeout", "10"])
@@ -183,16 +198,15 @@ def test_inspect_commands_of_the_runbook_answer(stack):
 
 
 def test_monitor_prints_celery_state_beside_the_record_for_success_and_failure(stack):
-    ok = create_task_run(stack, "echo", "fine")
-    bad = create_task_run(stack, "fail", "on purpose")
-    ok_id, bad_id = enqueue_as_the_guide_does(stack, ok), enqueue_as_the_guide_does(stack, bad)
+    [ok], [bad] = stack.enqueue("echo", "fine"), stack.enqueue("fail", "on purpose")
+    ok_id, bad_id = ok["task_id"], bad["task_id"]
     wait_final(stack, ok_id), wait_final(stack, bad_id)
     for task_id, state in ((ok_id, "SUCCESS"), (bad_id, "FAILURE")):
         code, out = monitor(stack, task_id)
         assert code == 0, out
         assert re.search(rf"[Cc]elery.*{state}", out), out
         assert re.search(rf"(TaskRun|record|status).*{state}", out, re.S), out
-    row = task_run_row(stack, bad)
+    row = task_run_row(stack, bad["task_run_id"])
     assert row["status"] == "FAILURE" and "on purpose" in row["error"], row
 
 
@@ -203,8 +217,8 @@ def test_second_tenant_schema_runs_in_its_own_schema(stack):
     tenant_pk = create_task_run(stack, "echo", "tenant", schema=schema)
     # Make sure a public row with the same id exists, so "which row changed" is a real question.
     public_pk = create_task_run(stack, "echo", "public")
-    while public_pk < tenant_pk:
-        public_pk = create_task_run(stack, "echo", "public")
+    if public_pk < tenant_pk:
+        stack.enqueue("echo", "public", "--no-send", "--count", str(tenant_pk - public_pk))
     before = task_run_row(stack, tenant_pk, "public")
     task_id = enqueue_as_the_guide_does(stack, tenant_pk, schema)
     assert wait_final(stack, task_id, schema)["result_backend"]["state"] == "SUCCESS"

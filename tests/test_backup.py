@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from stack import ROOT, Stack, wait_for
+from stack import ROOT, Stack, running, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -33,14 +33,6 @@ for schema in {SCHEMAS!r}:
 print(json.dumps(rows))
 """
 
-# Sends `echo` with the schema as payload, in each schema, and prints the new rows' ids.
-SEND = f"""
-import json
-from apps.orchestration.services import submit_task_run
-print(json.dumps({{s: submit_task_run("echo", s, s).run.pk for s in {SCHEMAS!r}}}))
-"""
-
-
 def shell(stack: Stack, code: str):
     out = stack.compose("exec", "-T", "web", "python", "manage.py", "shell", "-c", code).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -59,33 +51,23 @@ def backup_tool(stack: Stack, directory, *args: str) -> subprocess.CompletedProc
         cwd=ROOT, text=True, capture_output=True, timeout=600)
 
 
-def up(stack: Stack) -> None:
-    proc = stack.compose("up", "-d", "--wait", "--wait-timeout", "240", *SERVICES, check=False,
-                         timeout=300)
-    if proc.returncode != 0:
-        pytest.fail(f"the stack did not come up healthy:\n{proc.stderr[-2000:]}\n"
-                    + "\n".join(stack.logs(s) for s in SERVICES), pytrace=False)
+def send_echo(stack: Stack) -> dict[str, int]:
+    """One `echo` TaskRun in each schema, with the schema as payload: {schema: its id}."""
+    return {s: stack.enqueue("echo", s, "--schema", s)[0]["task_run_id"] for s in SCHEMAS}
 
 
 @pytest.fixture(scope="module")
 def restorable(request):
-    stack = Stack(files=FILES)
-    try:
-        stack.compose("build", *SERVICES, timeout=1800)
-        up(stack)
+    with running(Stack(files=FILES), SERVICES,
+                 show_logs=lambda: request.session.testsfailed) as stack:
         yield stack
-    finally:
-        if request.session.testsfailed:
-            for s in SERVICES:
-                print(stack.logs(s, tail=60))
-        stack.down()
 
 
 def test_a_backup_restores_every_schema_into_a_fresh_stack(restorable, tmp_path):
     stack = restorable
     stack.compose("exec", "-T", "web", "python", "manage.py", "create_tenant_schema", "acme")
     for _ in range(3):
-        shell(stack, SEND)
+        send_echo(stack)
     before = wait_for(lambda: all_final(stack), 60, interval=1,
                       describe=lambda: stack.logs("celery"))
     assert all(len(before[s]) == 3 for s in SCHEMAS), before
@@ -96,7 +78,7 @@ def test_a_backup_restores_every_schema_into_a_fresh_stack(restorable, tmp_path)
     assert dump.is_file() and "verified" in made.stdout, made.stdout
 
     stack.down()  # every volume gone: an empty database
-    up(stack)
+    stack.up(SERVICES)
     assert shell(stack, ROWS)["public"] == []
 
     restored = backup_tool(stack, tmp_path, "restore", str(dump))
@@ -106,7 +88,7 @@ def test_a_backup_restores_every_schema_into_a_fresh_stack(restorable, tmp_path)
     assert "writers healthy again" in restored.stdout, restored.stdout
     assert shell(stack, ROWS) == before  # every row back, in its own schema
 
-    sent = shell(stack, SEND)
+    sent = send_echo(stack)
     after = wait_for(lambda: all_final(stack), 60, interval=1,
                      describe=lambda: stack.logs("celery"))
     for schema in SCHEMAS:

@@ -6,6 +6,7 @@ missing tool shows up as a FAILED row) and that the table and the histogram get 
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_smoke_run_writes_every_figure(tmp_path):
     results = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--results", str(results)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": "scripts"})  # as `make bench`
     assert proc.returncode == 0, f"bench/run.py --smoke failed:\n{proc.stderr[-4000:]}"
     text = results.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and " | " in line]

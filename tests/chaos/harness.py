@@ -14,9 +14,9 @@ from contextlib import contextmanager
 
 import requests
 
+from edge import WORKERS
 from stack import Stack, StackError, wait_for
 
-WORKERS = ["celery", "celery-cpu", "celery-io"]
 SERVICES = ["web", "fastapi", *WORKERS, "beat"]
 VISIBILITY = 20  # CELERY_VISIBILITY_TIMEOUT of the chaos stack (production: 3600)
 SCAN_INTERVAL = 5  # CELERY_STUCK_SCAN_INTERVAL of the chaos stack (production: 60)
@@ -40,23 +40,6 @@ def django(stack: Stack, code: str, timeout: float = 90) -> object:
                          f"{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
-ENQUEUE = """
-import json
-from celery import uuid
-from django_tenants.utils import schema_context
-from apps.orchestration.models import TaskRun
-from apps.orchestration.tasks import execute_task
-from config.celery_settings import queue_for_operation
-specs = json.loads({specs!r})
-with schema_context("public"):
-    runs = TaskRun.objects.bulk_create(
-        [TaskRun(operation=op, payload=p, status="QUEUED", celery_task_id=uuid()) for op, p in specs])
-    for run in runs:
-        execute_task.apply_async(args=[run.pk, "public"], task_id=run.celery_task_id,
-                                 queue=queue_for_operation(run.operation))
-print(json.dumps([run.pk for run in runs]))
-"""
 
 # ---- the ledger read straight from Postgres: tests poll it often, and a Django shell per poll
 # cost seconds of the same two cores the workers need -------------------------------------------
@@ -101,8 +84,18 @@ def count_taskruns(stack: Stack) -> int:
 
 
 def enqueue(stack: Stack, specs: list[tuple[str, object]]) -> list[int]:
-    """Create one TaskRun per (operation, payload) and send execute_task to its queue."""
-    return django(stack, ENQUEUE.format(specs=json.dumps(specs)), timeout=180)
+    """Send one TaskRun per (operation, payload) with `manage.py enqueue`, one call (one Django
+    start) per distinct spec, each to its own queue; their ids, in the order of `specs`."""
+    positions: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        positions.setdefault(json.dumps(spec), []).append(i)
+    ids = [0] * len(specs)
+    for spec, where in positions.items():
+        operation, payload = json.loads(spec)
+        sent = stack.enqueue(operation, payload, "--count", str(len(where)))
+        for i, line in zip(where, sent, strict=True):
+            ids[i] = line["task_run_id"]
+    return ids
 
 
 class Ledger:
