@@ -16,6 +16,7 @@ LABEL     := org.trinity.project=trinity
 # right after the bootstrap step; a BASE_IMAGE in the environment wins.
 export BASE_IMAGE ?= $(shell cat .base-image 2>/dev/null)
 
+.PHONY: swarm-sandbox swarm-sandbox-down swarm-up swarm-down
 .PHONY: help bootstrap bootstrap-prod build dev-up dev-down prod-up prod-secrets prod-down validate check-config bench status beat logs test test-unit clean lock
 
 help: ## list the targets
@@ -88,10 +89,23 @@ test: bootstrap check-config ## config check, unit tests, then the stack tests (
 test-unit: bootstrap ## only the tests that need no containers
 	$(PYTEST) tests/unit
 
+# ---- Docker Swarm (README, "Scaling out") ----------------------------------------------------
+# The swarm that swarm-up deploys to: a docker context (the sandbox's by default; a real
+# cluster's with `docker context create NAME --docker host=ssh://MANAGER`).
+SWARM_CONTEXT ?= trinity-swarm
+SWARM_NODES   ?= 3
+
+swarm-sandbox: bootstrap ## a local Swarm on this engine: SWARM_NODES nodes, a registry, docker context trinity-swarm
+	SWARM_NODES=$(SWARM_NODES) .venv/bin/python scripts/swarm_sandbox.py up
+
+swarm-sandbox-down: ## remove the local Swarm (nodes, their volumes, the registry, the context)
+	.venv/bin/python scripts/swarm_sandbox.py down
+
 lock: ## re-resolve requirements/*.lock from requirements/*.in (needs the package index)
 	scripts/lock
 
 clean: ## remove this project's containers, volumes, networks and images (by label), and the wheelhouse
+	-[ "$$(docker context show 2>/dev/null)" != trinity-swarm ] || docker context use default
 	-[ -f $(DEV_FILE) ] && $(COMPOSE) down -v --remove-orphans
 	-[ -f $(PROD_FILE) ] && docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down -v --remove-orphans
 	-docker ps -aq --filter label=$(LABEL) | xargs -r docker rm -f
@@ -99,4 +113,5 @@ clean: ## remove this project's containers, volumes, networks and images (by lab
 	-docker network ls -q --filter label=$(LABEL) | xargs -r docker network rm
 	-docker images -q --filter label=$(LABEL) | sort -u | xargs -r docker rmi -f
 	find wheelhouse -mindepth 2 ! -name .keep -delete
+	-docker context rm -f trinity-swarm >/dev/null 2>&1
 	rm -rf .venv .base-image
