@@ -14,7 +14,8 @@ Then:
                                         exist once docker-compose.example.yml does)
   x-celery-env of the compose templates has every variable as a key, no other CELERY_* key, and
                                         each value reads its own ${NAME} (else the env file's value
-                                        would be ignored)
+                                        would be ignored); so has the Swarm stack's
+                                        (docker-stack.example.yml), when it exists
   every service running Django/Celery   (image trinity/django or trinity/fastapi, or build target
   or FastAPI                            django/fastapi) has every x-celery-env key in its resolved
                                         environment, i.e. merges the anchor
@@ -39,6 +40,7 @@ SETTINGS_NAME = "config/celery_settings.py"  # how messages name it
 ENV_FILES = (Path("envs/dev.env"), Path("envs/prod.env"))
 DEV_COMPOSE = Path("docker-compose-dev.example.yml")
 PROD_COMPOSE = Path("docker-compose.example.yml")
+SWARM_STACK = Path("docker-stack.example.yml")
 PROD_ENV = Path("envs/prod.env")
 ANCHOR = "x-celery-env"
 
@@ -241,12 +243,12 @@ def check(root: Path) -> tuple[list[str], list[str], set[str], list[Path]]:
         for name in sorted(variables - names):
             problems.append(f"{rel}: missing {name} (named by {SETTINGS_NAME})")
 
-    for rel in (DEV_COMPOSE, PROD_COMPOSE):
+    for rel in (DEV_COMPOSE, PROD_COMPOSE, SWARM_STACK):
         path = root / rel
         if not path.is_file():
             if rel == DEV_COMPOSE:
                 problems.append(f"{rel}: missing")
-            else:
+            elif rel == PROD_COMPOSE:
                 missing_files.append(rel)
             continue
         checked.append(rel)
