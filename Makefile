@@ -98,6 +98,12 @@ SWARM_NODES   ?= 3
 swarm-sandbox: bootstrap ## a local Swarm on this engine: SWARM_NODES nodes, a registry, docker context trinity-swarm
 	SWARM_NODES=$(SWARM_NODES) .venv/bin/python scripts/swarm_sandbox.py up
 
+swarm-up: bootstrap ## deploy/update the stack on the swarm of SWARM_CONTEXT: secrets, images to REGISTRY, wait converged
+	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm.py up
+
+swarm-down: ## remove the stack from the swarm of SWARM_CONTEXT (keeps its volumes and secrets)
+	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm.py down
+
 swarm-sandbox-down: ## remove the local Swarm (nodes, their volumes, the registry, the context)
 	.venv/bin/python scripts/swarm_sandbox.py down
 
