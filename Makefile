@@ -16,7 +16,7 @@ LABEL     := org.trinity.project=trinity
 # right after the bootstrap step; a BASE_IMAGE in the environment wins.
 export BASE_IMAGE ?= $(shell cat .base-image 2>/dev/null)
 
-.PHONY: swarm-sandbox swarm-sandbox-down swarm-up swarm-down
+.PHONY: swarm-sandbox swarm-sandbox-down swarm-up swarm-down test-swarm
 .PHONY: help bootstrap bootstrap-prod build dev-up dev-down prod-up prod-secrets prod-down validate check-config bench status beat logs test test-unit clean lock
 
 help: ## list the targets
@@ -103,6 +103,9 @@ swarm-up: bootstrap ## deploy/update the stack on the swarm of SWARM_CONTEXT: se
 
 swarm-down: ## remove the stack from the swarm of SWARM_CONTEXT (keeps its volumes and secrets)
 	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm.py down
+
+test-swarm: bootstrap ## the Swarm tests: their own 3-node sandbox, the stack deployed, work across nodes (~N min)
+	TRINITY_SWARM_TESTS=1 $(PYTEST) tests/test_swarm.py
 
 swarm-sandbox-down: ## remove the local Swarm (nodes, their volumes, the registry, the context)
 	.venv/bin/python scripts/swarm_sandbox.py down

@@ -145,6 +145,9 @@ def build_and_push(env: dict, started: float) -> None:
         remote = f"{env['REGISTRY_PUSH']}/{local}"
         docker(env, "tag", local, remote, context=env.get("SWARM_BUILD_CONTEXT") or "default")
         docker(env, "push", "--quiet", remote, context=env.get("SWARM_BUILD_CONTEXT") or "default")
+        # Only the name goes: the image stays as trinity/<image>:<tag>, and no registry's name
+        # is left behind on the build engine (a sandbox's port changes at every start).
+        docker(env, "rmi", remote, context=env.get("SWARM_BUILD_CONTEXT") or "default")
     log("push", started, f"{len(IMAGES)} images to {env['REGISTRY_PUSH']}"
         + (f" (nodes pull from {env['REGISTRY']})" if env["REGISTRY"] != env["REGISTRY_PUSH"] else ""))
 
