@@ -281,3 +281,38 @@ def test_a_burst_is_drained_by_workers_on_more_than_one_node(cluster):
     hosts = {node.split("@", 1)[1].rsplit("-", 1)[0] for node, n in ran.items() if n}
     print(f"\nburst of 300 by worker: {ran}")
     assert len(hosts) >= 2, ran
+
+
+@pytest.mark.swarm
+@swarm_only
+def test_a_worker_node_killed_mid_burst_loses_nothing(cluster):
+    """SIGKILL of a whole node (the container that is the node: its engine and every task on it)
+    while a burst drains: every TaskRun still ends SUCCESS, only the few in flight there ran
+    twice, and Swarm has the workers' replicas running on the other nodes again."""
+    manager = cluster.info["nodes"][0]
+    victims = [node for node, state in cluster.tasks("celery")
+               if node != manager and state.startswith("Running")]
+    assert victims, cluster.tasks("celery")
+    victim = sorted(victims)[-1]
+    ids = cluster.enqueue([["noop", None]] * 300)
+    deadline = time.monotonic() + 120
+    while cluster.ledger(ids).count("SUCCESS") < 30:
+        assert time.monotonic() < deadline, cluster.ledger(ids).summary()
+        time.sleep(0.5)
+    cluster.sandbox.client.containers.get(victim).kill()
+    killed = time.monotonic()
+    # Visibility timeout (20 s) and the stuck-task scan bring back what the node held.
+    book = cluster.wait_final(ids, timeout=240)
+    drained = time.monotonic() - killed
+    assert book.count("SUCCESS") == 300, book.summary()
+    assert len(book.twice) <= 10, book.summary()  # at most what the node's workers held
+    deadline = time.monotonic() + 120
+    while True:
+        running = [node for node, state in cluster.tasks("celery") if state.startswith("Running")]
+        if len(running) == 3 and victim not in running:
+            break
+        assert time.monotonic() < deadline, (cluster.tasks("celery"), cluster.report())
+        time.sleep(1)
+    print(f"\nnode {victim} SIGKILLed: burst final {drained:.1f}s later "
+          f"({len(book.twice)} ran twice), 3 default workers running again after "
+          f"{time.monotonic() - killed:.1f}s on {sorted(set(running))}")
