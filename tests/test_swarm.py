@@ -169,13 +169,11 @@ class Cluster:
                                      f"{timeout:.0f}s: {book.summary()}\n{self.report()}")
             time.sleep(2)
 
-    def processed_by_node(self) -> dict[str, int]:
-        """execute_task runs per worker node name (default@<node>-<slot>), from the workers."""
-        out = self.exec("celery", ["celery", "-A", "config.celery", "inspect", "stats", "--json",
-                                   "--timeout", "10"])
-        stats = json.loads(out.strip().splitlines()[-1])
-        return {node: sum(v for k, v in s.get("total", {}).items() if k.endswith("execute_task"))
-                for node, s in stats.items()}
+    def workers_of(self, ids: list[int]) -> dict[str, int]:
+        """How many of the TaskRuns `ids` each worker ran (TaskRun.worker: name@<node>-<slot>)."""
+        return self.sql("SELECT coalesce(json_object_agg(worker, n), '{}') FROM (SELECT worker, "
+                        "count(*) AS n FROM public.orchestration_taskrun WHERE id = "
+                        f"ANY(ARRAY[{','.join(map(str, ids))}]::bigint[]) GROUP BY worker) AS w")
 
     def tasks(self, service: str) -> list[tuple[str, str]]:
         """(node, current state) of each task of `service` that should be running."""
@@ -184,8 +182,11 @@ class Cluster:
         return [tuple(line.split(" ", 1)) for line in out.stdout.splitlines()]
 
     def report(self) -> str:
-        parts = []
-        for service in ["migrate", "web", *WORKERS, "beat"]:
+        parts = [json.dumps(self.sql(
+            "SELECT coalesce(json_agg(json_build_array(pid, state, wait_event_type, "
+            "backend_start::text, xact_start::text, left(query, 120))), '[]') "
+            "FROM pg_stat_activity WHERE datname = 'trinity'"))]
+        for service in ["postgres", "web", *WORKERS, "beat"]:
             logs = swarm.docker(self.env, "service", "logs", "--tail", "30", f"{self.stack}_"
                                 f"{service}", check=False)
             parts.append(f"--- {service}\n{swarm.task_errors(self.env, f'{self.stack}_{service}')}"
@@ -210,8 +211,9 @@ def cluster(tmp_path_factory):
         f"SECRETS_DIR={tmp / 'secrets'}",
         # A task of a SIGKILLed node comes back within seconds, not an hour (as the chaos stack).
         "CELERY_VISIBILITY_TIMEOUT=20", "CELERY_STUCK_SCAN_INTERVAL=5",
-        # One worker of the default queue per node; the rest as small as it gets on 2 cores.
-        "CELERY_REPLICAS=3", "CELERY_WORKER_CONCURRENCY=2", "CELERY_IO_CONCURRENCY=4",
+        # One default and one IO worker per node; the rest as small as it gets on 2 cores.
+        "CELERY_REPLICAS=3", "CELERY_IO_REPLICAS=3", "CELERY_WORKER_CONCURRENCY=2",
+        "CELERY_IO_CONCURRENCY=4",
         "WEB_REPLICAS=1", "FASTAPI_REPLICAS=1", ""]))
     env = {**os.environ, "SWARM_CONTEXT": name, "SWARM_ENV": str(env_file),
            "SWARM_STACK": "trinity", "TRINITY_TAG": tag}
@@ -272,14 +274,13 @@ def test_a_task_enqueued_through_the_edge_runs_to_success(cluster):
 @pytest.mark.swarm
 @swarm_only
 def test_a_burst_is_drained_by_workers_on_more_than_one_node(cluster):
-    before = cluster.processed_by_node()
     ids = cluster.enqueue([["noop", None]] * 300)
     book = cluster.wait_final(ids, timeout=180)
     assert book.count("SUCCESS") == 300, book.summary()
-    after = cluster.processed_by_node()
-    ran = {node: after[node] - before.get(node, 0) for node in after}
-    hosts = {node.split("@", 1)[1].rsplit("-", 1)[0] for node, n in ran.items() if n}
+    ran = cluster.workers_of(ids)
+    hosts = {worker.split("@", 1)[-1].rsplit("-", 1)[0] for worker in ran}
     print(f"\nburst of 300 by worker: {ran}")
+    assert "" not in ran, ran  # every row names the worker that ran it
     assert len(hosts) >= 2, ran
 
 
@@ -287,32 +288,36 @@ def test_a_burst_is_drained_by_workers_on_more_than_one_node(cluster):
 @swarm_only
 def test_a_worker_node_killed_mid_burst_loses_nothing(cluster):
     """SIGKILL of a whole node (the container that is the node: its engine and every task on it)
-    while a burst drains: every TaskRun still ends SUCCESS, only the few in flight there ran
-    twice, and Swarm has the workers' replicas running on the other nodes again."""
+    while a burst of 1 s `sleep` runs drains on the IO workers of all three nodes: every TaskRun
+    still ends SUCCESS, only those in flight there ran twice, and Swarm has the IO workers'
+    replicas running on the other nodes again."""
     manager = cluster.info["nodes"][0]
-    victims = [node for node, state in cluster.tasks("celery")
+    victims = [node for node, state in cluster.tasks("celery-io")
                if node != manager and state.startswith("Running")]
-    assert victims, cluster.tasks("celery")
+    assert victims, cluster.tasks("celery-io")
     victim = sorted(victims)[-1]
-    ids = cluster.enqueue([["noop", None]] * 300)
+    ids = cluster.enqueue([["sleep", {"seconds": 1}]] * 200)
     deadline = time.monotonic() + 120
-    while cluster.ledger(ids).count("SUCCESS") < 30:
+    while cluster.ledger(ids).count("SUCCESS") < 40:
         assert time.monotonic() < deadline, cluster.ledger(ids).summary()
         time.sleep(0.5)
     cluster.sandbox.client.containers.get(victim).kill()
     killed = time.monotonic()
-    # Visibility timeout (20 s) and the stuck-task scan bring back what the node held.
+    # The visibility timeout (20 s) brings back what the node held; Postgres's keepalives end
+    # the dead node's open transactions (docker-stack.example.yml).
     book = cluster.wait_final(ids, timeout=240)
     drained = time.monotonic() - killed
-    assert book.count("SUCCESS") == 300, book.summary()
-    assert len(book.twice) <= 10, book.summary()  # at most what the node's workers held
+    assert book.count("SUCCESS") == 200, book.summary()
+    # At most what the node's IO worker held (4 threads, prefetch 1 each); and at least one: a
+    # kill that hit nothing in flight would prove nothing.
+    assert 1 <= len(book.twice) <= 8, book.summary()
     deadline = time.monotonic() + 120
     while True:
-        running = [node for node, state in cluster.tasks("celery") if state.startswith("Running")]
+        running = [node for node, state in cluster.tasks("celery-io") if state.startswith("Running")]
         if len(running) == 3 and victim not in running:
             break
-        assert time.monotonic() < deadline, (cluster.tasks("celery"), cluster.report())
+        assert time.monotonic() < deadline, (cluster.tasks("celery-io"), cluster.report())
         time.sleep(1)
     print(f"\nnode {victim} SIGKILLed: burst final {drained:.1f}s later "
-          f"({len(book.twice)} ran twice), 3 default workers running again after "
+          f"({len(book.twice)} ran twice), 3 IO workers running again after "
           f"{time.monotonic() - killed:.1f}s on {sorted(set(running))}")
