@@ -3,8 +3,8 @@
 code, seen through its edge: work spreads over the nodes and survives losing one.
 
 The cluster tests start their own sandbox (its own name, context and registry), deploy, and
-remove all of it at the end. They run when TRINITY_SWARM_TESTS=1 (README, "Scaling out"):
-`make test-swarm`.
+remove all of it at the end. They run when TRINITY_SWARM_TESTS=1, which `make test` and `make
+test-swarm` set (README, "Scaling out"); otherwise pytest lists them as skipped with the reason.
 """
 from __future__ import annotations
 
