@@ -94,7 +94,7 @@ test-unit: bootstrap ## only the tests that need no containers
 # cluster's with `docker context create NAME --docker host=ssh://MANAGER`).
 SWARM_CONTEXT ?= trinity-swarm
 SWARM_NODES   ?= 3
-# `make test` runs the Swarm tests (their own sandbox, ~2.5 min); TRINITY_SWARM_TESTS=0 skips
+# `make test` runs the Swarm tests (their own sandbox, ~4 min); TRINITY_SWARM_TESTS=0 skips
 # them. A bare `pytest tests` skips them unless it is set to 1.
 export TRINITY_SWARM_TESTS ?= 1
 
@@ -107,7 +107,7 @@ swarm-up: bootstrap ## deploy/update the stack on the swarm of SWARM_CONTEXT: se
 swarm-down: ## remove the stack from the swarm of SWARM_CONTEXT (keeps its volumes and secrets)
 	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm.py down
 
-test-swarm: bootstrap ## only the Swarm tests: their own 3-node sandbox, the stack deployed, a node lost (~2.5 min)
+test-swarm: bootstrap ## only the Swarm tests: their own 3-node sandbox, the stack deployed, a rolling update, a node lost (~4 min)
 	TRINITY_SWARM_TESTS=1 $(PYTEST) tests/test_swarm.py
 
 swarm-sandbox-down: ## remove the local Swarm (nodes, their volumes, the registry, the context)

@@ -286,6 +286,40 @@ def test_a_burst_is_drained_by_workers_on_more_than_one_node(cluster):
 
 @pytest.mark.swarm
 @swarm_only
+def test_a_rolling_update_of_the_workers_mid_burst_loses_nothing(cluster):
+    """The IO workers move to a new image tag (the same image, pushed again under another
+    name) while a burst of 1 s sleeps drains on them: start-first, one at a time, each old worker
+    finishing what it runs (warm shutdown): every TaskRun SUCCESS, none run twice."""
+    tag = f"{cluster.env['TRINITY_TAG']}-next"
+    local, pushed = (f"trinity/django:{cluster.env['TRINITY_TAG']}",
+                     f"{cluster.env['REGISTRY_PUSH']}/trinity/django:{tag}")
+    for args in (["tag", local, pushed], ["push", "--quiet", pushed], ["rmi", pushed]):
+        swarm.docker(cluster.env, *args, context="default")
+    ids = cluster.enqueue([["sleep", {"seconds": 1}]] * 400)
+    started = time.monotonic()
+    swarm.docker(cluster.env, "service", "update", "--detach", "--image",
+                 f"{cluster.env['REGISTRY']}/trinity/django:{tag}", f"{cluster.stack}_celery-io")
+    deadline = time.monotonic() + 300
+    while True:
+        state = swarm.update_states(cluster.env, [f"{cluster.stack}_celery-io"])
+        if state.get(f"{cluster.stack}_celery-io") == "completed":
+            break
+        assert "rollback" not in str(state) and time.monotonic() < deadline, \
+            (state, cluster.report())
+        time.sleep(2)
+    updated = time.monotonic() - started
+    book = cluster.wait_final(ids, timeout=240)
+    assert book.count("SUCCESS") == 400, book.summary()
+    assert book.twice == [], book.summary()
+    images = swarm.docker(cluster.env, "service", "ps", "--filter", "desired-state=running",
+                          "--format", "{{.Image}}", f"{cluster.stack}_celery-io").stdout.split()
+    assert len(images) == 3 and all(image.endswith(f":{tag}") for image in images), images
+    print(f"\nrolling update of 3 IO workers during a burst of 400: {updated:.1f}s, "
+          f"none lost or run twice")
+
+
+@pytest.mark.swarm
+@swarm_only
 def test_a_worker_node_killed_mid_burst_loses_nothing(cluster):
     """SIGKILL of a whole node (the container that is the node: its engine and every task on it)
     while a burst of 1 s `sleep` runs drains on the IO workers of all three nodes: every TaskRun
