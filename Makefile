@@ -57,9 +57,11 @@ prod-secrets: $(PROD_FILE) ## create the missing production secrets (random, as 
 prod-down: ## stop the production stack (keeps its volumes)
 	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) down
 
-validate: bootstrap ## the runbook against the running stack (STACK=dev|prod): PASS/FAIL per step
+validate: bootstrap ## the runbook against the running stack (STACK=dev|prod|swarm): PASS/FAIL per step
 ifeq ($(STACK),prod)
 	.venv/bin/python scripts/validate.py --file $(PROD_FILE) --env-file $(PROD_ENV)
+else ifeq ($(STACK),swarm)
+	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm_validate.py
 else
 	.venv/bin/python scripts/validate.py --file $(DEV_FILE)
 endif

@@ -286,6 +286,17 @@ def test_a_burst_is_drained_by_workers_on_more_than_one_node(cluster):
 
 @pytest.mark.swarm
 @swarm_only
+def test_the_runbook_passes_against_the_swarm(cluster):
+    """`make validate STACK=swarm`: the runbook's steps, each in a task on its node."""
+    proc = subprocess.run([str(ROOT / ".venv/bin/python"), "scripts/swarm_validate.py"], cwd=ROOT,
+                          env=cluster.env, text=True, capture_output=True, timeout=600)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 failed" in proc.stdout.splitlines()[-1], proc.stdout
+
+
+@pytest.mark.swarm
+@swarm_only
 def test_a_rolling_update_of_the_workers_mid_burst_loses_nothing(cluster):
     """The IO workers move to a new image tag (the same image, pushed again under another
     name) while a burst of 1 s sleeps drains on them: start-first, one at a time, each old worker
