@@ -22,6 +22,7 @@ LABEL     := org.trinity.project=trinity
 export BASE_IMAGE ?= $(shell cat .base-image 2>/dev/null)
 
 .PHONY: help bootstrap build dev-up dev-down prod-up prod-secrets prod-down validate backup backups restore check-config bench status beat logs test test-unit clean lock
+.PHONY: swarm-sandbox swarm-sandbox-down swarm-up swarm-down test-swarm
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,8 +65,12 @@ prod-secrets: $(PROD_FILE) ## create the missing production secrets (random, as 
 prod-down: ## stop the production stack (keeps its volumes)
 	docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) --profile '*' down
 
-validate: bootstrap-tools ## the runbook against the running stack (STACK=dev|prod): PASS/FAIL per step
+validate: bootstrap-tools ## the runbook against the running stack (STACK=dev|prod|swarm): PASS/FAIL per step
+ifeq ($(STACK),swarm)
+	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm_validate.py
+else
 	.venv/bin/python scripts/validate.py $(STACK_ARGS)
+endif
 
 backup: ## dump every tenant schema to BACKUP_DIR (./backups), verify it, keep the last BACKUP_KEEP (7)
 	python3 scripts/backup.py $(STACK_ARGS) backup
@@ -102,10 +107,35 @@ test: bootstrap check-config ## config check, unit tests, then the stack tests (
 test-unit: bootstrap-tools ## only the tests that need no containers
 	$(PYTEST) tests/unit
 
+# ---- Docker Swarm (README, "Scaling out") ----------------------------------------------------
+# The swarm that swarm-up deploys to: a docker context (the sandbox's by default; a real
+# cluster's with `docker context create NAME --docker host=ssh://MANAGER`).
+SWARM_CONTEXT ?= trinity-swarm
+SWARM_NODES   ?= 3
+# `make test` runs the Swarm tests (their own sandbox, ~4 min); TRINITY_SWARM_TESTS=0 skips
+# them. A bare `pytest tests` skips them unless it is set to 1.
+export TRINITY_SWARM_TESTS ?= 1
+
+swarm-sandbox: bootstrap ## a local Swarm on this engine: SWARM_NODES nodes, a registry, docker context trinity-swarm
+	SWARM_NODES=$(SWARM_NODES) .venv/bin/python scripts/swarm_sandbox.py up
+
+swarm-up: bootstrap ## deploy/update the stack on the swarm of SWARM_CONTEXT: secrets, images to REGISTRY, wait converged
+	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm.py up
+
+swarm-down: ## remove the stack from the swarm of SWARM_CONTEXT (keeps its volumes and secrets)
+	SWARM_CONTEXT=$(SWARM_CONTEXT) .venv/bin/python scripts/swarm.py down
+
+test-swarm: bootstrap ## only the Swarm tests: their own 3-node sandbox, the stack deployed, a rolling update, a node lost (~4 min)
+	TRINITY_SWARM_TESTS=1 $(PYTEST) tests/test_swarm.py
+
+swarm-sandbox-down: ## remove the local Swarm (nodes, their volumes, the registry, the context)
+	.venv/bin/python scripts/swarm_sandbox.py down
+
 lock: ## re-resolve requirements/*.lock from requirements/*.in (needs the package index)
 	scripts/lock
 
 clean: ## remove this project's containers, volumes, networks and images (by label), and the wheelhouse
+	-[ "$$(docker context show 2>/dev/null)" != trinity-swarm ] || docker context use default
 	-[ -f $(DEV_FILE) ] && $(COMPOSE) --profile '*' down -v --remove-orphans
 	-[ -f $(PROD_FILE) ] && docker compose -f $(PROD_FILE) --env-file $(PROD_ENV) --profile '*' down -v --remove-orphans
 	-docker ps -aq --filter label=$(LABEL) | xargs -r docker rm -f
@@ -113,4 +143,5 @@ clean: ## remove this project's containers, volumes, networks and images (by lab
 	-docker network ls -q --filter label=$(LABEL) | xargs -r docker network rm
 	-docker images -q --filter label=$(LABEL) | sort -u | xargs -r docker rmi -f
 	find wheelhouse -mindepth 2 ! -name .keep -delete
+	-docker context rm -f trinity-swarm >/dev/null 2>&1
 	rm -rf .venv .base-image

@@ -304,6 +304,18 @@ VARIABLES: tuple[Variable, ...] = (
     _var("LOG_MAX_FILES", "... and files kept", files=PROD, required=True),
     _var("WEB_PORT", "dev host port of `web` (127.0.0.1 only)", files=DEV, required=True),
     _var("FASTAPI_PORT", "dev host port of `fastapi` (127.0.0.1 only)", files=DEV, required=True),
+    # Docker Swarm (docker-stack.example.yml, make swarm-up: scripts/swarm.py)
+    _var("REGISTRY", "the registry (host:port) every node pulls the images from; empty with "
+         "the sandbox: its own", files=PER_SERVICE, required=True),
+    _var("SWARM_STACK", "the stack's name (`docker stack deploy`), the prefix of its secrets",
+         "trinity", files=PER_SERVICE),
+    _var("WEB_REPLICAS", "replicas of `web` on the swarm", 2, files=PER_SERVICE),
+    _var("FASTAPI_REPLICAS", "replicas of `fastapi` on the swarm", 2, files=PER_SERVICE),
+    _var("CELERY_REPLICAS", "replicas of the default worker on the swarm", 2, files=PER_SERVICE),
+    _var("CELERY_CPU_REPLICAS", "replicas of the CPU worker on the swarm", 1, files=PER_SERVICE),
+    _var("CELERY_IO_REPLICAS", "replicas of the IO worker on the swarm", 1, files=PER_SERVICE),
+    _var("MIGRATIONS_WAIT_SECONDS", "how long an app task on the swarm waits for the migrate job "
+         "before it exits (and is started again)", 90, files=PER_SERVICE),
     # MongoDB (the official image), dev
     _var("MONGO_IMAGE", "the MongoDB image (needs a registry)", "mongo:7", files=DEV),
     _var("MONGO_INITDB_ROOT_USERNAME", "MongoDB's root user", files=DEV, read_by=("mongo",)),

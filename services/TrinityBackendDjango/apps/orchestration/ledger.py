@@ -53,7 +53,7 @@ class Claim:
 
 
 def claim(task_run_id: int, schema_name: str, task_id: str | None, *, redelivered: bool,
-          retry: bool, lease_seconds: int, lost_max: int) -> Claim:
+          retry: bool, lease_seconds: int, lost_max: int, worker: str = "") -> Claim:
     """Lock the row and decide what this delivery does with it (see the module docstring).
 
     ``redelivered``: the broker handed this message back (its worker died). ``retry``: the
@@ -91,7 +91,7 @@ def claim(task_run_id: int, schema_name: str, task_id: str | None, *, redelivere
             status=run.status, attempts=run.attempts, worker_lost=run.worker_lost,
             started_at=Now(), updated_at=Now(), error="", lease_owner=owner,
             lease_expires_at=Now() + timedelta(seconds=lease_seconds + LEASE_MARGIN),
-            celery_task_id=run.celery_task_id)
+            celery_task_id=run.celery_task_id, worker=worker)
         return Claim(Decision.RUN, run, owner)
 
 

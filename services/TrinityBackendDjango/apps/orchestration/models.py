@@ -35,6 +35,9 @@ class TaskRun(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # Deliveries that found the previous run's worker gone (apps/orchestration/ledger.py).
     worker_lost = models.PositiveIntegerField(default=0)
+    # The Celery node (name@host) that claimed the row last: on Swarm the host names the node
+    # and the replica (`<node>-<slot>`), so the spread of work over nodes can be read here.
+    worker = models.CharField(max_length=255, blank=True, default="")
     # How often the stuck-task scan published this row again because its message was lost.
     republished = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

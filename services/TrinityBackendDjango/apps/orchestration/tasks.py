@@ -104,7 +104,8 @@ def _execute(task, task_run_id, schema_name: str) -> dict:
             redelivered=bool((request.delivery_info or {}).get("redelivered")),
             retry=bool(request.retries),
             lease_seconds=conf.task_time_limit or 0,
-            lost_max=conf.trinity_worker_lost_max)
+            lost_max=conf.trinity_worker_lost_max,
+            worker=request.hostname or "")
         run = claim.run
         if claim.decision is Decision.BUSY:
             logger.info("TaskRun %s in %s is running under %s: this delivery does not start it",
