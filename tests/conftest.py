@@ -25,7 +25,7 @@ def stack(request):
 
 @pytest.fixture(scope="module")
 def prod(tmp_path_factory, request):
-    """The production template with random secrets, started as the guide does (plus --wait)."""
+    """The production template with random secrets, started as the README's "Production" does (plus --wait)."""
     stack = prod_stack(tmp_path_factory.mktemp("prod"), "trinity-prodtest",
                        CELERY_STUCK_SCAN_INTERVAL=str(PROD_SCAN_INTERVAL),
                        PROXY_RATE=f"{PROD_RATE}r/s", PROXY_BURST=str(PROD_RATE))

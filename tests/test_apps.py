@@ -1,4 +1,4 @@
-"""The operator's guide, end to end, against the dev stack: Django and FastAPI enqueue into the
+"""The runbook (README, "Running the dev stack by hand"), end to end, against the dev stack: Django and FastAPI enqueue into the
 same Redis queues, the shared workers run what either sends, and the runbook commands answer."""
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ def django_shell(stack, code: str) -> str:
 
 
 def create_task_run(stack, operation: str, payload=None, schema: str = "public") -> int:
-    """A TaskRun recorded and not sent, for the guide's command to send."""
+    """A TaskRun recorded and not sent, for the runbook's command to send."""
     [run] = stack.enqueue(operation, payload, "--no-send", "--schema", schema)
     return run["task_run_id"]
 
 
-def enqueue_as_the_guide_does(stack, task_run_id: int, schema: str = "public") -> str:
-    """The guide's command, verbatim but for the id and schema."""
+def enqueue_as_the_runbook_does(stack, task_run_id: int, schema: str = "public") -> str:
+    """The runbook's command, verbatim but for the id and schema."""
     out = django_shell(stack, "from apps.orchestration.tasks import execute_task; "
                               f"result = execute_task.apply_async(args=[{task_run_id}, "
                               f"{schema!r}]); print(result.id)")
@@ -76,12 +76,12 @@ def task_run_row(stack, pk: int, schema: str = "public") -> dict:
 
 
 def test_task_enqueued_from_the_django_shell_reaches_success(stack):
-    pk = create_task_run(stack, "echo", {"hello": "guide"})
-    task_id = enqueue_as_the_guide_does(stack, pk)
+    pk = create_task_run(stack, "echo", {"hello": "runbook"})
+    task_id = enqueue_as_the_runbook_does(stack, pk)
     report = wait_final(stack, task_id)
     assert report["result_backend"]["state"] == "SUCCESS", report
     row = task_run_row(stack, pk)
-    assert row["status"] == "SUCCESS" and row["result"] == {"hello": "guide"}, row
+    assert row["status"] == "SUCCESS" and row["result"] == {"hello": "runbook"}, row
     assert row["celery_task_id"] == task_id
 
 
@@ -220,7 +220,7 @@ def test_second_tenant_schema_runs_in_its_own_schema(stack):
     if public_pk < tenant_pk:
         stack.enqueue("echo", "public", "--no-send", "--count", str(tenant_pk - public_pk))
     before = task_run_row(stack, tenant_pk, "public")
-    task_id = enqueue_as_the_guide_does(stack, tenant_pk, schema)
+    task_id = enqueue_as_the_runbook_does(stack, tenant_pk, schema)
     assert wait_final(stack, task_id, schema)["result_backend"]["state"] == "SUCCESS"
     assert task_run_row(stack, tenant_pk, schema)["status"] == "SUCCESS"
     assert task_run_row(stack, tenant_pk, "public") == before
@@ -231,7 +231,7 @@ def test_second_tenant_schema_runs_in_its_own_schema(stack):
 def test_unknown_task_run_or_schema_fails_naming_it(stack, args, named):
     before = django_shell(stack, "from apps.orchestration.models import TaskRun; "
                                  "print(sorted(TaskRun.objects.values_list('pk', 'status', 'attempts')))")
-    task_id = enqueue_as_the_guide_does(stack, *args)
+    task_id = enqueue_as_the_runbook_does(stack, *args)
     report = wait_final(stack, task_id)
     assert report["result_backend"]["state"] == "FAILURE"
     assert named in json.dumps(report["result_backend"]), report
@@ -265,7 +265,7 @@ def test_invalid_worker_concurrency_stops_the_worker_naming_it(stack):
     assert "CELERY_WORKER_CONCURRENCY" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def test_beat_started_as_the_guide_does_sends_to_the_beat_queue(stack):
+def test_beat_started_as_the_runbook_does_sends_to_the_beat_queue(stack):
     """`run --rm celery celery -A config.celery beat`, with CELERY_BEAT_QUEUE pointed at a queue
     no worker consumes, so the message it sends stays there to be seen."""
     queue = f"trinity.tasks.beat.probe-{uuid.uuid4().hex[:6]}"

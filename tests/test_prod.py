@@ -1,4 +1,4 @@
-"""The production template, brought up as the guide does, with throw-away secrets, and seen from
+"""The production template, brought up as the README's "Production" does, with throw-away secrets, and seen from
 outside as the internet sees it: only the proxy answers, over TLS, and only to API tokens."""
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def calm(fn, *args, **kwargs):
 
 
 # ---- what is published, and how -------------------------------------------------------------
-def test_the_guides_command_starts_a_consumer_for_every_queue(prod):
+def test_the_runbooks_command_starts_a_consumer_for_every_queue(prod):
     for worker in WORKERS:
         assert prod.health(worker) == "healthy", worker
     code, out = prod.exec("celery", ["celery", "-A", "config.celery", "status", "--timeout", "10"])
@@ -450,9 +450,9 @@ def send_times(text: str, since: dt.datetime, until: dt.datetime) -> list[dt.dat
 
 
 def test_one_periodic_run_per_tick_with_three_beats(prod):
-    """The beat service scaled to two, plus the guide's `run --rm celery ... beat`: RedBeat's
+    """The beat service scaled to two, plus the runbook's `run --rm celery ... beat`: RedBeat's
     lock lets one of them send; the others wait. The job runs on the beat queue's worker."""
-    guide_beat = subprocess.Popen(
+    runbook_beat = subprocess.Popen(
         prod.compose_cmd("run", "--rm", "--no-deps", "celery", "celery", "-A", "config.celery",
                          "beat", "--loglevel=info"),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -462,9 +462,9 @@ def test_one_periodic_run_per_tick_with_three_beats(prod):
         since = dt.datetime.now(dt.timezone.utc)
         time.sleep(8 * prod.scan_interval)  # a measurement window, not a wait for readiness
         until = dt.datetime.now(dt.timezone.utc)
-        guide_beat.terminate()
-        guide_out, _ = guide_beat.communicate(timeout=30)
-        logs = guide_out + "".join(c.logs().decode() for c in prod.containers("beat", all=True))
+        runbook_beat.terminate()
+        runbook_out, _ = runbook_beat.communicate(timeout=30)
+        logs = runbook_out + "".join(c.logs().decode() for c in prod.containers("beat", all=True))
         sent = send_times(logs, since, until)
         gaps = [(b - a).total_seconds() for a, b in zip(sent, sent[1:])]
         ticks = (until - since).total_seconds() / prod.scan_interval
@@ -473,8 +473,8 @@ def test_one_periodic_run_per_tick_with_three_beats(prod):
         ran = prod.container("celery").logs(since=since).decode()
         assert re.search(r"mark_stuck_task_runs\[\S+\] succeeded", ran), prod.logs("celery")
     finally:
-        if guide_beat.poll() is None:
-            guide_beat.kill()
+        if runbook_beat.poll() is None:
+            runbook_beat.kill()
         prod.compose("stop", "beat", check=False)
 
 
