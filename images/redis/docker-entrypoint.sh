@@ -41,8 +41,9 @@ if [ -n "$admin" ]; then
   # Operators (redis-admin in this container): everything.
   user admin REDIS_ADMIN_PASSWORD '~* &* +@all'
   # Celery workers, beat and flower: every key and channel (queues, pidbox replies, results,
-  # RedBeat's lock), nothing that can wipe, reconfigure or stop the server.
-  user worker REDIS_WORKER_PASSWORD '~* &* +@all -@dangerous'
+  # RedBeat's lock), nothing that can wipe, reconfigure or stop the server; INFO, because
+  # `manage.py enqueue` and validate_stack run in a worker container and check Redis's memory.
+  user worker REDIS_WORKER_PASSWORD '~* &* +@all -@dangerous +info'
   # web and fastapi publish tasks and read results, and nothing else: no channel at all, so no
   # Celery remote control (a broadcast is a PUBLISH on the pidbox channel), no pub/sub. INFO
   # (read-only) tells them how full Redis is, so they stop enqueueing before it is.

@@ -31,9 +31,9 @@ from app.auth import tenant_schema
 from app.celery_app import celery_app
 from app.errors import (NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE,
                         UNSUPPORTED, ErrorBody)
-from config.broker_room import check_room
 from apps.orchestration.operations import OPERATIONS, RUN_OPERATION
 from config.broker import broker_error_reason
+from config.broker_room import check_room
 from config.celery_settings import queue_for_operation
 from config.payloads import IDEMPOTENCY_KEY_MAX, check_idempotency_key, check_storable
 
