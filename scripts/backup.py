@@ -26,7 +26,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from stack import ROOT, Stack, StackError
+
 WRITERS = ["web", "fastapi", "celery", "celery-cpu", "celery-io", "beat", "flower"]
 PREFIX, SUFFIX = "trinity-", ".dump"
 CHUNK = 1 << 20
@@ -39,28 +40,15 @@ class BackupError(Exception):
     pass
 
 
-class Compose:
-    def __init__(self, files: list[str], env_file: str | None, project: str | None):
-        self.base = ["docker", "compose"] + [arg for f in files for arg in ("-f", f)]
-        if env_file:
-            self.base += ["--env-file", env_file]
-        if project:
-            self.base += ["-p", project]
+def postgres(stack: Stack, tool: str, args: str, **popen) -> subprocess.Popen:
+    """`tool args` in the stack's postgres container, its streams as ``popen`` says."""
+    script = PG.format(tool=tool, args=args)
+    return subprocess.Popen(stack.compose_cmd("exec", "-T", "postgres", "sh", "-c", script),
+                            cwd=ROOT, **popen)
 
-    def run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.base + list(args), cwd=ROOT, text=True,
-                              capture_output=True, **kwargs)
-        if proc.returncode != 0:
-            raise BackupError(f"docker compose {' '.join(args)}: {proc.stderr.strip()[-800:]}")
-        return proc
 
-    def postgres(self, tool: str, args: str, **popen) -> subprocess.Popen:
-        script = PG.format(tool=tool, args=args)
-        return subprocess.Popen(self.base + ["exec", "-T", "postgres", "sh", "-c", script],
-                                cwd=ROOT, **popen)
-
-    def running(self) -> list[str]:
-        return self.run("ps", "--services", "--status", "running").stdout.split()
+def running(stack: Stack) -> list[str]:
+    return stack.compose("ps", "--services", "--status", "running").stdout.split()
 
 
 def sha256_of(path: Path) -> str:
@@ -75,7 +63,7 @@ def checksum_file(dump: Path) -> Path:
     return dump.with_name(dump.name + ".sha256")
 
 
-def verify(compose: Compose, dump: Path) -> int:
+def verify(stack: Stack, dump: Path) -> int:
     """The checksum matches and pg_restore reads the whole table of contents: the number of
     table-data entries. BackupError, naming what is wrong, otherwise."""
     if not dump.is_file():
@@ -89,7 +77,7 @@ def verify(compose: Compose, dump: Path) -> int:
         raise BackupError(f"{dump}: checksum mismatch (file {actual[:12]}..., recorded "
                           f"{expected[:12]}...): the file is damaged")
     with dump.open("rb") as f:
-        proc = compose.postgres("pg_restore", "--list", stdin=f, stdout=subprocess.PIPE,
+        proc = postgres(stack, "pg_restore", "--list", stdin=f, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         out, err = proc.communicate(timeout=300)
     if proc.returncode != 0:
@@ -97,14 +85,14 @@ def verify(compose: Compose, dump: Path) -> int:
     return out.decode().count(" TABLE DATA ")
 
 
-def backup(compose: Compose, directory: Path, keep: int) -> Path:
+def backup(stack: Stack, directory: Path, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
     dump = directory / f"{PREFIX}{stamp}{SUFFIX}"
     partial = dump.with_name(dump.name + ".partial")
     digest, size = hashlib.sha256(), 0
     started = time.monotonic()
-    proc = compose.postgres("pg_dump", f"--format=custom {DATABASE}", stdout=subprocess.PIPE,
+    proc = postgres(stack, "pg_dump", f"--format=custom {DATABASE}", stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     with partial.open("wb") as out:
         while chunk := proc.stdout.read(CHUNK):
@@ -117,7 +105,7 @@ def backup(compose: Compose, directory: Path, keep: int) -> Path:
         raise BackupError(f"pg_dump failed: {err.strip()[-800:]}")
     partial.rename(dump)
     checksum_file(dump).write_text(f"{digest.hexdigest()}  {dump.name}\n")
-    tables = verify(compose, dump)
+    tables = verify(stack, dump)
     print(f"backup: {dump} ({size / 1e6:.1f} MB, {tables} tables, "
           f"{time.monotonic() - started:.1f}s), verified")
     for old in backups(directory)[:-keep] if keep > 0 else []:
@@ -143,19 +131,19 @@ def list_backups(directory: Path) -> None:
               f"{'checksum ok' if ok else 'CHECKSUM BAD OR MISSING'}")
 
 
-def restore(compose: Compose, dump: Path) -> None:
-    tables = verify(compose, dump)  # refuse a damaged file before anything is touched
-    stopped = [s for s in compose.running() if s in WRITERS]
+def restore(stack: Stack, dump: Path) -> None:
+    tables = verify(stack, dump)  # refuse a damaged file before anything is touched
+    stopped = [s for s in running(stack) if s in WRITERS]
     if stopped:
         started = time.monotonic()
-        compose.run("stop", "--timeout", "60", *stopped, timeout=600)
+        stack.compose("stop", "--timeout", "60", *stopped, timeout=600)
         print(f"restore: writers stopped ({', '.join(stopped)}) in "
               f"{time.monotonic() - started:.1f}s")
     try:
         started = time.monotonic()
         with dump.open("rb") as f:
-            proc = compose.postgres(
-                "pg_restore", f"--clean --if-exists --single-transaction --exit-on-error "
+            proc = postgres(
+                stack, "pg_restore", f"--clean --if-exists --single-transaction --exit-on-error "
                 f"{DATABASE}", stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             _, err = proc.communicate(timeout=3600)
         if proc.returncode != 0:
@@ -165,7 +153,7 @@ def restore(compose: Compose, dump: Path) -> None:
     finally:
         if stopped:
             started = time.monotonic()
-            compose.run("up", "-d", "--wait", "--no-recreate", *stopped, timeout=600)
+            stack.compose("up", "-d", "--wait", "--no-recreate", *stopped, timeout=600)
             print(f"restore: writers healthy again in {time.monotonic() - started:.1f}s")
 
 
@@ -185,16 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     restore_cmd = commands.add_parser("restore", help="verify FILE, then restore it")
     restore_cmd.add_argument("backup_file", metavar="FILE")
     args = parser.parse_args(argv)
-    compose = Compose(args.file, args.env_file, args.project)
+    stack = Stack(args.file, args.env_file, args.project)
     directory = Path(args.dir)
     try:
         if args.command == "backup":
-            backup(compose, directory, args.keep)
+            backup(stack, directory, args.keep)
         elif args.command == "list":
             list_backups(directory)
         else:
-            restore(compose, Path(args.backup_file))
-    except BackupError as exc:
+            restore(stack, Path(args.backup_file))
+    except (BackupError, StackError) as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
     return 0
