@@ -122,6 +122,42 @@ def test_no_image_keeps_apt_lists_or_a_validity_switch(client, stack, proxy_imag
     assert found == {}, f"apt leftovers: {found}"
 
 
+# ---- Postgres's first start ------------------------------------------------------------------
+
+def test_a_first_postgres_start_that_failed_half_way_is_redone_on_the_next(client, stack):
+    """A role without its password stops the first start after initdb; the next start, given
+    it, initialises again, so the volume is never left serving a database without its roles."""
+    (image,) = [i for i in stack.images() if any(t.startswith("trinity/postgres:") for t in i.tags)]
+    volume = client.volumes.create(labels=LABEL)
+    env = {"POSTGRES_PASSWORD": uuid.uuid4().hex, "POSTGRES_DB": "trinity",
+           "POSTGRES_APP_USER": "app"}
+
+    def start(**more):
+        return client.containers.run(
+            image.id, environment={**env, **more}, detach=True, labels=LABEL,
+            network_disabled=True, volumes={volume.name: {"bind": "/var/lib/postgresql/data"}})
+    try:
+        first = start()
+        code, logs = first.wait(timeout=120)["StatusCode"], first.logs().decode()
+        first.remove()
+        assert code == 1 and "POSTGRES_APP_PASSWORD (or POSTGRES_APP_PASSWORD_FILE) is " \
+            "required" in logs, logs
+        second = start(POSTGRES_APP_PASSWORD=uuid.uuid4().hex)
+        try:
+            wait_for(lambda: second.exec_run(["pg_isready", "-q"]).exit_code == 0
+                     and "initialisation complete" in second.logs().decode(), 120,
+                     describe=lambda: second.logs().decode())
+            code, out = second.exec_run(["psql", "-U", "postgres", "-tAc",
+                                         "SELECT rolname FROM pg_roles WHERE rolname = 'app'"])
+            logs = second.logs().decode()
+        finally:
+            second.remove(force=True)
+        assert "an earlier first start did not finish" in logs, logs
+        assert (code, out.decode().strip()) == (0, "app"), (code, out, logs)
+    finally:
+        volume.remove(force=True)
+
+
 # ---- (c) the proxy, hardened, with no upstream ------------------------------------------------
 
 @pytest.fixture

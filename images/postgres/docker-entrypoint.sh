@@ -9,6 +9,8 @@
 #                                        tenants') and the public schema
 #   POSTGRES_GATEWAY_USER / _GATEWAY_PASSWORD   optional: a role that may only connect; the
 #                                        migrate service grants it the few columns it reads
+#   POSTGRES_BACKUP_USER / _BACKUP_PASSWORD     optional: the scheduled backup's role, which
+#                                        may read every table (pg_read_all_data) and write none
 set -euo pipefail
 
 secret() {  # secret NAME: $NAME, or the contents of the file $NAME_FILE names
@@ -28,6 +30,15 @@ if [ "${1:-}" != "postgres" ]; then
   exec "$@"  # anything else (psql, bash, ...) runs as given
 fi
 
+# Present from initdb to the end of the first start: a first start that failed half-way (a
+# missing role password, say) is redone on the next, instead of serving a database without its
+# roles. Nothing outside ever connected to it (the temporary server listens on no port).
+initialising="$PGDATA/.initialising"
+if [ -e "$initialising" ]; then
+  echo "postgres: an earlier first start did not finish; initialising again"
+  find "$PGDATA" -mindepth 1 -delete
+fi
+
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   POSTGRES_PASSWORD=$(secret POSTGRES_PASSWORD)
   if [ -z "$POSTGRES_PASSWORD" ]; then
@@ -38,6 +49,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   echo "postgres: initialising $PGDATA for user '$POSTGRES_USER', database '$POSTGRES_DB'"
   initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \
          --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+  : > "$initialising"
   # Remote clients need the password; the local socket (inside this container only) trusts.
   printf 'host all all all scram-sha-256\n' >> "$PGDATA/pg_hba.conf"
   printf "listen_addresses = '*'\n" >> "$PGDATA/postgresql.conf"
@@ -72,6 +84,11 @@ SQL
   if [ -n "${POSTGRES_GATEWAY_USER:-}" ]; then
     role "$POSTGRES_GATEWAY_USER" POSTGRES_GATEWAY_PASSWORD
   fi
+  if [ -n "${POSTGRES_BACKUP_USER:-}" ]; then
+    role "$POSTGRES_BACKUP_USER" POSTGRES_BACKUP_PASSWORD
+    "${psql[@]}" --dbname postgres --set role="$POSTGRES_BACKUP_USER" >/dev/null \
+      <<<'GRANT pg_read_all_data TO :"role";'
+  fi
   for f in /docker-entrypoint-initdb.d/*; do
     case "$f" in
       *.sh)     echo "postgres: running $f"; . "$f" ;;
@@ -81,6 +98,7 @@ SQL
     esac
   done
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+  rm "$initialising"
   echo "postgres: initialisation complete"
 fi
 

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from chaos.harness import FINAL, literal, queue_lengths, report, select_taskruns, wait_final
+from chaos.harness import (FINAL, QUEUED_GRACE, SCAN_INTERVAL, literal, queue_lengths, redis_cli,
+                           report, select_taskruns, wait_final, workers_stopped)
 from stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
@@ -184,3 +185,27 @@ def test_twenty_parallel_posts_with_one_idempotency_key_make_one_run(chaos):
     other = send(chaos, sleep_task(run, "other"), key)
     assert other["status"] == 422 and "different body" in other["error"], other
     assert len(marked_rows(chaos, run)) == 1
+
+
+def test_a_202_whose_message_redis_lost_before_any_row_is_sent_again(chaos):
+    """Redis loses a gateway task's message before a worker made its TaskRun row (data lost, or
+    a worker's connection closed while Redis was handing the message to it): the stuck-task
+    scan finds the gateway's note of the task, publishes it again under the same task id, and
+    it runs once."""
+    run = uuid.uuid4().hex
+    with workers_stopped(chaos, ["celery-cpu"]):
+        answer = send(chaos, {"operation": "primes", "payload": {"n": 1000, "run": run}})
+        assert answer["status"] == 202, answer
+        assert queue_lengths(chaos)["trinity.tasks.cpu"] == 1
+        redis_cli(chaos, "DEL", "trinity.tasks.cpu")  # the message is gone, the note is not
+        started = time.monotonic()
+        wait_for(lambda: queue_lengths(chaos)["trinity.tasks.cpu"] == 1,
+                 QUEUED_GRACE + 4 * SCAN_INTERVAL + 30, interval=1,
+                 describe=lambda: report(chaos, ["celery", "beat"]))
+        resent = time.monotonic() - started
+    book = wait_final(chaos, [answer["task_id"]], 60, by_task_id=True)
+    rows = marked_rows(chaos, run)
+    print(f"\nlost gateway message sent again {resent:.0f}s after the loss (grace "
+          f"{QUEUED_GRACE}s, scan every {SCAN_INTERVAL}s): {rows}")
+    assert [(r["task_id"], r["status"], r["attempts"]) for r in rows] == [
+        (answer["task_id"], "SUCCESS", 1)], (rows, book.summary())

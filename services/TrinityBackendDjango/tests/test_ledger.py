@@ -17,7 +17,8 @@ from apps.orchestration.ledger import Decision
 from apps.orchestration.models import TaskRun
 from apps.orchestration.tasks import execute_task, run_operation
 from config.celery import app
-from apps.orchestration.operations import EXECUTE_TASK, GATEWAY_OWNER_KEY_PREFIX
+from apps.orchestration.operations import (EXECUTE_TASK, GATEWAY_OWNER_KEY_PREFIX,
+                                           GATEWAY_SENT_KEY, RUN_OPERATION)
 
 from .conftest import reload
 
@@ -134,19 +135,45 @@ def test_run_operation_without_acceptance_never_runs(monkeypatch):
     assert (row.status, row.attempts, calls) == ("FAILURE", 0, [])
 
 
-def test_run_operation_with_acceptance_runs(monkeypatch):
+@pytest.fixture(autouse=True)
+def sent_key(monkeypatch):
+    """The gateway's notes under a key of this test: the Redis is the test stack's own."""
     import redis
 
+    key = f"test.{GATEWAY_SENT_KEY}.{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(backstop, "GATEWAY_SENT_KEY", key)
+    monkeypatch.setattr(tasks, "GATEWAY_SENT_KEY", key)
+    yield key
+    redis.Redis.from_url(app.conf.broker_url).delete(key)
+
+
+@pytest.fixture
+def redis_client():
+    import redis
+
+    return redis.Redis.from_url(app.conf.broker_url)
+
+
+def note(client, task_id, age=3600, accepted=True, **fields):
+    """The gateway's acceptance record and note of ``task_id``, ``age`` seconds old."""
+    if accepted:
+        client.set(GATEWAY_OWNER_KEY_PREFIX + task_id, "public", ex=60)
+    sent = {"operation": "echo", "payload": 1, "queue": "trinity.tasks", "schema": "public",
+            "at": time.time() - age, **fields}
+    client.hset(backstop.GATEWAY_SENT_KEY, task_id, json.dumps(sent))
+
+
+def test_run_operation_with_acceptance_runs_and_drops_the_gateways_note(redis_client):
     task_id = f"accepted-{uuid.uuid4()}"
-    client = redis.Redis.from_url(app.conf.broker_url)
-    client.set(GATEWAY_OWNER_KEY_PREFIX + task_id, "public", ex=60)
+    note(redis_client, task_id, age=0)
     try:
         outcome = run_operation.apply(args=["echo", 1, "public"],
                                       kwargs={"await_acceptance": True}, task_id=task_id)
     finally:
-        client.delete(GATEWAY_OWNER_KEY_PREFIX + task_id)
+        redis_client.delete(GATEWAY_OWNER_KEY_PREFIX + task_id)
     assert outcome.state == "SUCCESS"
     assert TaskRun.objects.get(celery_task_id=task_id).attempts == 1
+    assert not redis_client.hexists(backstop.GATEWAY_SENT_KEY, task_id)
 
 
 # ---- the stuck-task scan -----------------------------------------------------------------------
@@ -155,7 +182,7 @@ class FakeApp:
         self.sent = []
         self.conf = SimpleNamespace(broker_url=app.conf.broker_url, task_queues=[])
 
-    def send_task(self, name, args, task_id, queue):
+    def send_task(self, name, args, task_id, queue, kwargs=None):
         self.sent.append((name, args, task_id, queue))
 
 
@@ -228,3 +255,37 @@ def test_an_unacked_entry_is_read_like_a_queued_one():
     entry = json.dumps([message, "trinity.tasks", "trinity.tasks"]).encode()
     assert backstop._identify(entry) == ("x", ("tenant_a", 7))
     assert backstop._identify(b"not json") == (None, None)
+
+
+def test_the_scan_sends_a_gateway_task_again_whose_message_and_row_are_missing(
+        make_run, redis_client, monkeypatch):
+    """Accepted by the gateway, then lost before any worker made its row: run_operation is
+    published again under its task id, MAX_REPUBLISH times, then a FAILURE row says so. A note
+    whose message Redis holds, whose row exists, that is young, or whose client was told 503
+    (no acceptance record) is not sent."""
+    monkeypatch.setattr(backstop, "messages_in_broker", lambda app: ({"queued"}, set()))
+    make_run("echo", 1, status="SUCCESS", celery_task_id="recorded")
+    for task_id in ("lost", "queued", "recorded"):
+        note(redis_client, task_id)
+    note(redis_client, "young", age=1)
+    note(redis_client, "refused", accepted=False)
+    fake = FakeApp()
+    try:
+        counts = backstop.scan(fake)["gateway"]
+        assert counts == {"waiting": 1, "recorded": 1, "republished": 1, "failed": 0}, counts
+        assert fake.sent == [(RUN_OPERATION, ["echo", 1, "public"], "lost", "trinity.tasks")]
+        assert sorted(k.decode() for k in redis_client.hkeys(backstop.GATEWAY_SENT_KEY)) == [
+            "lost", "queued", "young"]
+        for republished in range(1, backstop.MAX_REPUBLISH):  # each scan once the grace is over
+            note(redis_client, "lost", republished=republished)
+            assert backstop.scan(fake)["gateway"]["republished"] == 1
+        note(redis_client, "lost", republished=backstop.MAX_REPUBLISH)
+        assert backstop.scan(fake)["gateway"]["failed"] == 1
+    finally:
+        for task_id in ("lost", "queued", "recorded", "young", "refused"):
+            redis_client.delete(GATEWAY_OWNER_KEY_PREFIX + task_id)
+    row = TaskRun.objects.get(celery_task_id="lost")
+    assert (row.status, row.attempts, row.operation) == ("FAILURE", 0, "echo")
+    assert row.error.startswith("lost:"), row.error
+    assert len(fake.sent) == backstop.MAX_REPUBLISH
+    assert not redis_client.hexists(backstop.GATEWAY_SENT_KEY, "lost")

@@ -5,6 +5,10 @@ is published and before the client is told 202, and only while the client still 
 worker runs the task only once it exists (``await_acceptance``), and GET /tasks/{id} answers
 404 to any other tenant.
 
+``trinity.gateway.sent`` (a hash): task id -> what was sent, written with the acceptance record
+and deleted by the worker once the task's TaskRun row exists; the stuck-task scan publishes a
+task again from it if Redis lost its message before that (apps/orchestration/backstop.py).
+
 ``trinity.gateway.idem:<schema>:<key>`` = {"task_id", "body"}: an Idempotency-Key's claim. Taken
 with SET NX before publishing, it lives a minute until its task is accepted (so a claim whose
 request died frees itself) and 24 h after.
@@ -13,9 +17,10 @@ request died frees itself) and 24 h after.
 from __future__ import annotations
 
 import json
+import time
 
 from app.celery_app import celery_app
-from apps.orchestration.operations import GATEWAY_OWNER_KEY_PREFIX
+from apps.orchestration.operations import GATEWAY_OWNER_KEY_PREFIX, GATEWAY_SENT_KEY
 from config.broker import redis_client
 
 KEY_PREFIX = GATEWAY_OWNER_KEY_PREFIX
@@ -55,9 +60,11 @@ def release(schema: str, key: str, task_id: str) -> None:
     _client().transaction(drop, name, owner)
 
 
-def accept(task_id: str, schema: str, idem_key: str | None, deadline: float) -> bool:
-    """Write the acceptance record (and keep the Idempotency-Key's claim as long), atomically,
-    if Redis runs the write before ``deadline`` (a wall-clock time): True if it did.
+def accept(task_id: str, schema: str, idem_key: str | None, deadline: float,
+           sent: dict) -> bool:
+    """Write the acceptance record and the note of what was ``sent`` ({operation, payload,
+    queue}), and keep the Idempotency-Key's claim as long, atomically, if Redis runs the write
+    before ``deadline`` (a wall-clock time): True if it did.
 
     The record is first set to expire at the deadline, then given its 24 h: a write that Redis
     runs too late (it hung, and the client has had its 503) sets a key that is already gone,
@@ -65,6 +72,8 @@ def accept(task_id: str, schema: str, idem_key: str | None, deadline: float) -> 
     pipe = _client().pipeline(transaction=True)
     pipe.set(KEY_PREFIX + task_id, schema, pxat=int(deadline * 1000))
     pipe.expire(KEY_PREFIX + task_id, TTL_SECONDS)  # false when the key is already gone
+    # A note whose record came too late is dropped by the scan: no record, no run.
+    pipe.hset(GATEWAY_SENT_KEY, task_id, json.dumps({**sent, "schema": schema, "at": time.time()}))
     if idem_key is not None:
         pipe.expire(_idem_key(schema, idem_key), TTL_SECONDS)
     return bool(pipe.execute()[1])

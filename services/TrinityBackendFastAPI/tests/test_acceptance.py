@@ -15,10 +15,12 @@ from kombu.exceptions import OperationalError
 from app import owners
 from app.main import app
 from app.routes import tasks
-from apps.orchestration.operations import GATEWAY_OWNER_KEY_PREFIX
+from apps.orchestration.operations import GATEWAY_OWNER_KEY_PREFIX, GATEWAY_SENT_KEY
 from tests.helpers import AUTH_A, AUTH_B
 
 pytestmark = pytest.mark.usefixtures("live_redis", "token_lookup")
+
+SENT = {"operation": "noop", "payload": None, "queue": "trinity.tasks"}
 
 
 @pytest.fixture
@@ -80,6 +82,15 @@ def test_a_202_means_the_record_is_written_after_the_publish(api, redis, send_ta
     assert send_task.call_args.kwargs["kwargs"] == {"await_acceptance": True}
     assert redis.get(GATEWAY_OWNER_KEY_PREFIX + task_id) == b"public"
     assert 86000 < redis.ttl(GATEWAY_OWNER_KEY_PREFIX + task_id) <= 86400
+
+
+def test_a_202_leaves_a_note_of_what_was_sent_for_the_stuck_task_scan(api, redis, send_task):
+    response = post(api, {"operation": "sleep", "payload": {"seconds": 1}})
+    assert response.status_code == 202, response.text
+    note = json.loads(redis.hget(GATEWAY_SENT_KEY, response.json()["task_id"]))
+    assert note.pop("at") == pytest.approx(time.time(), abs=5)
+    assert note == {"operation": "sleep", "payload": {"seconds": 1},
+                    "queue": response.json()["queue"], "schema": "public"}
 
 
 def test_a_publish_past_the_deadline_is_503_and_never_accepted(api, redis, send_task,
@@ -148,9 +159,9 @@ def test_a_record_that_reaches_redis_after_its_deadline_is_not_written(api, redi
         "broker unavailable: Redis took the acceptance record too late")
     task_id = send_task.call_args.kwargs["task_id"]
     assert not accepted(redis, task_id)
-    assert owners.accept(task_id, "public", None, time.time() - 1) is False
+    assert owners.accept(task_id, "public", None, time.time() - 1, SENT) is False
     assert not accepted(redis, task_id)
-    assert owners.accept(task_id, "public", None, time.time() + 1) is True
+    assert owners.accept(task_id, "public", None, time.time() + 1, SENT) is True
     assert 86000 < redis.ttl(GATEWAY_OWNER_KEY_PREFIX + task_id) <= 86400
 
 
@@ -257,7 +268,7 @@ def test_a_failed_claim_is_freed(api, redis, send_task, monkeypatch):
 def test_release_keeps_a_claim_whose_task_was_accepted(redis):
     idem = key()
     assert owners.claim("public", idem, "t1", "h") is None
-    assert owners.accept("t1", "public", idem, time.time() + 5)
+    assert owners.accept("t1", "public", idem, time.time() + 5, SENT)
     owners.release("public", idem, "t1")
     assert claim_of(redis, "public", idem) == {"task_id": "t1", "body": "h"}
     owners.release("public", idem, "another-task")

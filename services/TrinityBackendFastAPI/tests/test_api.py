@@ -33,7 +33,7 @@ def owner_keys(monkeypatch):
     """trinity.gateway.owner:<id> keys (acceptance records), in a dict instead of Redis. The
     real ones, and Idempotency-Key claims, are tested against Redis in test_acceptance.py."""
     keys = {}
-    def accept(task_id, schema, idem_key, deadline):
+    def accept(task_id, schema, idem_key, deadline, sent):
         keys[task_id] = schema
         return True
 
@@ -270,7 +270,7 @@ def test_redis_out_of_memory_is_503_with_its_reason(send_task):
 
 def test_redis_out_of_memory_on_the_acceptance_record_is_503_too(send_task, monkeypatch):
     """Published, but not accepted: the worker will record the message FAILURE unrun."""
-    def refuse(task_id, schema, idem_key, deadline):
+    def refuse(task_id, schema, idem_key, deadline, sent):
         raise _oom_error()
 
     monkeypatch.setattr(owners, "accept", refuse)

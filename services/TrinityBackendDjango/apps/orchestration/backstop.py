@@ -14,6 +14,12 @@ judged by the database's clock). Then the broker is asked, not guessed:
 - a RUNNING row with no message started and died where no redelivery will come (killed at the
   hard time limit, its message acknowledged): it ends FAILURE.
 
+Tasks the gateway accepted have no row until a worker takes their message; the gateway notes
+each one (operations.GATEWAY_SENT_KEY) until then, and the scan treats a note like a QUEUED
+row: left alone while its message is in Redis, dropped once its row exists, else run_operation
+is published again under the same task id (at most MAX_REPUBLISH times, then a FAILURE row
+"lost" is written for it).
+
 Reading the queues costs one LRANGE per queue and priority and one HVALS of the unacked
 index, decoded message by message, and only when there are candidates: a backlog of 100,000
 messages is a second or two of one worker's CPU per scan.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from datetime import timedelta
 
 from celery import uuid
@@ -34,7 +41,8 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from apps.orchestration.models import TaskRun
 from apps.tenants.schemas import all_schemas
-from apps.orchestration.operations import EXECUTE_TASK
+from apps.orchestration.operations import (EXECUTE_TASK, GATEWAY_OWNER_KEY_PREFIX,
+                                           GATEWAY_SENT_KEY, RUN_OPERATION)
 from config.broker import redis_client
 from config.celery_settings import queue_for_operation
 
@@ -50,7 +58,8 @@ WAITING = (Status.QUEUED, Status.PENDING)
 
 def scan(app) -> dict:
     counts = {}
-    in_broker = None  # read once per scan, and only if some schema has candidates
+    notes = gateway_notes(app)  # before the broker, so a note's message is seen or its row is
+    in_broker = messages_in_broker(app) if notes else None  # else only if a schema needs it
     for schema_name in all_schemas():
         with schema_context(schema_name):
             candidates = list(_candidates())
@@ -61,6 +70,10 @@ def scan(app) -> dict:
             counts[schema_name] = _settle(app, schema_name, candidates, in_broker)
         if counts[schema_name]["republished"] or counts[schema_name]["failed"]:
             logger.warning("stuck TaskRuns in %s: %s", schema_name, counts[schema_name])
+    if notes:
+        counts["gateway"] = _settle_notes(app, notes, in_broker[0])
+        if counts["gateway"]["republished"] or counts["gateway"]["failed"]:
+            logger.warning("gateway tasks with no message and no row: %s", counts["gateway"])
     return counts
 
 
@@ -111,6 +124,56 @@ def _republish(app, schema_name: str, run: TaskRun) -> int:
     if not run.celery_task_id:
         rows, fields["celery_task_id"] = rows.filter(celery_task_id=""), task_id
     return rows.update(**fields)
+
+
+def gateway_notes(app) -> dict[str, dict]:
+    """The gateway's notes older than QUEUED_GRACE (its clock: the gateway's wall time)."""
+    now = time.time()
+    notes = {}
+    for task_id, raw in redis_client(app.conf.broker_url).hgetall(GATEWAY_SENT_KEY).items():
+        note = json.loads(raw)
+        if note["at"] < now - QUEUED_GRACE:
+            notes[task_id.decode()] = note
+    return notes
+
+
+def _settle_notes(app, notes: dict[str, dict], task_ids: set[str]) -> dict:
+    client = redis_client(app.conf.broker_url)
+    counts = {"waiting": 0, "recorded": 0, "republished": 0, "failed": 0}
+    for task_id, note in notes.items():
+        if task_id in task_ids:
+            counts["waiting"] += 1
+            continue
+        with schema_context(note["schema"]):
+            recorded = TaskRun.objects.filter(celery_task_id=task_id).exists()
+            if recorded or not client.exists(GATEWAY_OWNER_KEY_PREFIX + task_id):
+                # A worker has its row (the scan looks at rows), or the gateway answered 503
+                # and the task must not run: the note has served.
+                counts["recorded"] += recorded
+                client.hdel(GATEWAY_SENT_KEY, task_id)
+            elif note.get("republished", 0) >= MAX_REPUBLISH:
+                TaskRun.objects.get_or_create(celery_task_id=task_id, defaults={
+                    "operation": note["operation"], "payload": note["payload"],
+                    "status": Status.FAILURE, "finished_at": Now(),
+                    "error": f"lost: no message in the broker after {MAX_REPUBLISH} republishes",
+                    "republished": MAX_REPUBLISH})
+                client.hdel(GATEWAY_SENT_KEY, task_id)
+                counts["failed"] += 1
+            else:
+                counts["republished"] += _republish_note(app, client, task_id, note)
+    return counts
+
+
+def _republish_note(app, client, task_id: str, note: dict) -> int:
+    try:
+        app.send_task(RUN_OPERATION, args=[note["operation"], note["payload"], note["schema"]],
+                      kwargs={"await_acceptance": True}, task_id=task_id, queue=note["queue"])
+    except Exception as exc:  # broker refused (out of memory, down): try again next scan
+        logger.warning("gateway task %s: republish failed: %s", task_id, exc)
+        return 0
+    note = {**note, "at": time.time(), "republished": note.get("republished", 0) + 1}
+    client.hset(GATEWAY_SENT_KEY, task_id, json.dumps(note))
+    return 1
 
 
 def messages_in_broker(app) -> tuple[set[str], set[tuple[str, int]]]:

@@ -29,6 +29,12 @@ MARK_STUCK_TASK_RUNS = "apps.orchestration.tasks.mark_stuck_task_runs"
 # ACCEPTANCE_WAIT seconds for it and does not run without it, so a 503 is never a phantom.
 GATEWAY_OWNER_KEY_PREFIX = "trinity.gateway.owner:"
 ACCEPTANCE_WAIT = 10
+# What the gateway accepted and no worker has recorded yet: a hash of task id -> JSON
+# {schema, operation, payload, queue, at, republished}, written with the acceptance record and
+# deleted by run_operation once its TaskRun row exists. Until then a lost message (Redis lost
+# data, or a worker's connection closed while Redis was handing it a message) leaves no row
+# for the stuck-task scan to find: the scan reads this instead (apps/orchestration/backstop.py).
+GATEWAY_SENT_KEY = "trinity.gateway.sent"
 
 SLEEP_MAX_SECONDS = 300  # stays far below the visibility timeout
 PRIMES_DEFAULT_N = 200_000

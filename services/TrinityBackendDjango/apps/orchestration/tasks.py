@@ -28,7 +28,7 @@ from apps.orchestration.ledger import Decision, TaskRunError
 from apps.orchestration.models import TaskRun
 from apps.tenants.schemas import UnknownSchema, check_schema
 from apps.orchestration.operations import (ACCEPTANCE_WAIT, EXECUTE_TASK, GATEWAY_OWNER_KEY_PREFIX,
-                                           MARK_STUCK_TASK_RUNS, RUN_OPERATION)
+                                           GATEWAY_SENT_KEY, MARK_STUCK_TASK_RUNS, RUN_OPERATION)
 from config.broker import redis_client
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,8 @@ def run_operation(self, operation, payload=None, schema_name="public", await_acc
     task_id = self.request.id
     with schema_context(schema_name):
         run = _row_for_task(task_id, operation, payload)
+        if await_acceptance:
+            _recorded(task_id)
         if await_acceptance and run.status == Status.QUEUED and not _accepted(task_id):
             reason = (f"not accepted: the gateway did not confirm task {task_id} within "
                       f"{ACCEPTANCE_WAIT} s (its client was told 503)")
@@ -181,6 +183,15 @@ def _row_for_task(task_id, operation, payload) -> TaskRun:
             )[0]
     except IntegrityError:  # the other delivery inserted it first
         return TaskRun.objects.get(celery_task_id=task_id)
+
+
+def _recorded(task_id: str) -> None:
+    """The row exists: the gateway's note of this task is no longer needed (the scan reads the
+    row from now on). A Redis error leaves the note, which the scan then drops itself."""
+    try:
+        redis_client(current_app.conf.broker_url).hdel(GATEWAY_SENT_KEY, task_id)
+    except Exception as exc:
+        logger.warning("task %s: the gateway's note not deleted (%s); the scan will", task_id, exc)
 
 
 def _accepted(task_id: str) -> bool:

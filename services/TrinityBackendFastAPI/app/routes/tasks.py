@@ -185,7 +185,8 @@ def _publish(handoff: Handoff, request: TaskRequest, schema: str, queue: str,
                              kwargs={"await_acceptance": True}, queue=queue, task_id=task_id)
         if not handoff.begin_write():
             return None  # answered 503: no record, so the worker will not run the message
-        if not owners.accept(task_id, schema, key, deadline):
+        sent = {"operation": request.operation, "payload": request.payload, "queue": queue}
+        if not owners.accept(task_id, schema, key, deadline, sent):
             raise NotAccepted("Redis took the acceptance record too late")
         accepted = True
         return task_id
