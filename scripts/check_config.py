@@ -144,7 +144,10 @@ class Checker:
             role = match.group(1) or match.group(2)
             roles = set(APP_ROLES.get(role, {role}))
         command = service.get("command") or [""]
-        roles.add(str(command[0] if isinstance(command, list) else command.split()[0]))
+        command = str(command[0] if isinstance(command, list) else command.split()[0])
+        if roles == {"postgres"} and command not in ("", "postgres"):
+            roles = set()  # the postgres image running another program (start-backup)
+        roles.add(command)
         for variable in self.variables.VARIABLES:
             if env not in variable.files or not roles & set(variable.read_by):
                 continue

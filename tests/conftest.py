@@ -29,7 +29,8 @@ def prod(tmp_path_factory, request):
     stack = prod_stack(tmp_path_factory.mktemp("prod"), "trinity-prodtest",
                        CELERY_STUCK_SCAN_INTERVAL=str(PROD_SCAN_INTERVAL),
                        PROXY_RATE=f"{PROD_RATE}r/s", PROXY_BURST=str(PROD_RATE))
-    with running(stack, ["web", "fastapi", "celery"],
+    # The scheduled backup too (its profile): it must pass the same hardening checks.
+    with running(stack, ["web", "fastapi", "celery", "backup"],
                  show_logs=lambda: request.session.testsfailed) as up:
         up.edge = Edge(up)
         up.scan_interval, up.rate = PROD_SCAN_INTERVAL, PROD_RATE

@@ -254,7 +254,7 @@ def test_no_secret_value_appears_in_docker_inspect(prod):
 def test_every_prod_service_runs_as_non_root(prod):
     root, seen = prod.root_processes()
     assert not root, f"running as root: {root}"
-    assert seen >= 9  # proxy, postgres, redis, web, fastapi, three workers: all their processes
+    assert seen >= 10  # proxy, postgres, redis, web, fastapi, three workers, backup
 
 
 REDIS_AS_APP = """
@@ -324,6 +324,25 @@ def test_the_apps_postgres_roles_are_not_superusers(prod):
     assert found["public_owner"] == user, found
     # The gateway reads the token hash, not the label, and no TaskRun at all.
     assert found["gateway"] == [False, False, True], found
+
+
+BACKUP_ROLE = ('PGPASSWORD="$(cat "$POSTGRES_BACKUP_PASSWORD_FILE")" psql -h postgres '
+               '-U "$POSTGRES_BACKUP_USER" -d "$POSTGRES_DB" -tAc "{sql}"')
+
+
+def test_the_scheduled_backup_reads_everything_as_a_role_that_writes_nothing(prod):
+    wait_for(lambda: "verified" in prod.logs("backup"), 60, describe=lambda: prod.logs("backup"))
+    code, out = prod.exec("backup", ["sh", "-c", "cd /backups && sha256sum -c trinity-*.sha256 "
+                                     "&& pg_restore --list trinity-*.dump"])
+    assert code == 0 and ": OK" in out, out
+    assert " TABLE DATA public orchestration_taskrun " in out, out  # the data, not only the schema
+    code, out = prod.exec("backup", ["sh", "-c", BACKUP_ROLE.format(
+        sql="SELECT rolsuper, pg_has_role(current_user, 'pg_read_all_data', 'MEMBER') "
+            "FROM pg_roles WHERE rolname = current_user")])
+    assert (code, out.strip()) == (0, "f|t"), out
+    code, out = prod.exec("backup", ["sh", "-c", BACKUP_ROLE.format(
+        sql="DELETE FROM orchestration_taskrun")])
+    assert code != 0 and "permission denied" in out, out
 
 
 def test_django_check_deploy_is_clean(prod):

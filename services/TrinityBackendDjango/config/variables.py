@@ -255,7 +255,8 @@ VARIABLES: tuple[Variable, ...] = (
          "postgres", files=DEV, read_by=("postgres", "compose")),
     _var("POSTGRES_PASSWORD", "the superuser's password", files=DEV, read_by=("postgres",),
          secret=True),
-    _var("POSTGRES_DB", "the database made at first start", read_by=("postgres", "compose"),
+    _var("POSTGRES_DB", "the database made at first start", read_by=("postgres", "start-backup",
+                                                                  "compose"),
          default_text="`POSTGRES_USER`"),
     _var("POSTGRES_APP_USER", "production: the role that owns the database, Django's",
          files=PROD, required=True, read_by=("postgres", "compose")),
@@ -265,6 +266,17 @@ VARIABLES: tuple[Variable, ...] = (
          "grants it the token columns)", files=PROD, required=True, read_by=("postgres", "compose")),
     _var("POSTGRES_GATEWAY_PASSWORD", "its password", files=PER_SERVICE, read_by=("postgres",),
          secret=True),
+    _var("POSTGRES_BACKUP_USER", "production: the scheduled backup's role, which may read every "
+         "table and write none (`pg_read_all_data`)", files=PROD, required=True,
+         read_by=("postgres", "start-backup", "compose")),
+    _var("POSTGRES_BACKUP_PASSWORD", "its password", files=PER_SERVICE,
+         read_by=("postgres", "start-backup"),
+         secret=True),
+    # The scheduled backup (images/postgres/start-backup, the `backup` profile)
+    _var("BACKUP_INTERVAL", "seconds between two scheduled backups; the `backup` service is "
+         "unhealthy once the newest is older than two", 86400, read_by=("start-backup",)),
+    _var("BACKUP_KEEP", "how many backups to keep, scheduled or `make backup`", 7,
+         read_by=("start-backup",)),
     # Redis (images/redis)
     _var("REDIS_MAXMEMORY", "Redis's memory limit; from 90 % of it both apps refuse new tasks "
          "(503 with the reason), so the workers keep room to drain the queues", read_by=("redis",),
