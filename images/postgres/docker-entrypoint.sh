@@ -9,6 +9,9 @@
 #                                        tenants') and the public schema
 #   POSTGRES_GATEWAY_USER / _GATEWAY_PASSWORD   optional: a role that may only connect; the
 #                                        migrate service grants it the few columns it reads
+#   POSTGRES_MONITOR_USER / _MONITOR_PASSWORD   optional: the monitoring exporter's role:
+#                                        connect, pg_monitor (the server's statistics views);
+#                                        migrate lets it call the TaskRun statistics function
 set -euo pipefail
 
 secret() {  # secret NAME: $NAME, or the contents of the file $NAME_FILE names
@@ -71,6 +74,11 @@ SQL
   fi
   if [ -n "${POSTGRES_GATEWAY_USER:-}" ]; then
     role "$POSTGRES_GATEWAY_USER" POSTGRES_GATEWAY_PASSWORD
+  fi
+  if [ -n "${POSTGRES_MONITOR_USER:-}" ]; then
+    role "$POSTGRES_MONITOR_USER" POSTGRES_MONITOR_PASSWORD
+    "${psql[@]}" --dbname postgres --set role="$POSTGRES_MONITOR_USER" >/dev/null \
+      <<<'GRANT pg_monitor TO :"role";'
   fi
   for f in /docker-entrypoint-initdb.d/*; do
     case "$f" in

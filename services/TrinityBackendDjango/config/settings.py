@@ -68,6 +68,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 DATABASES = {"default": _database("DATABASE_URL")}
 # Postgres role of the FastAPI gateway (token lookups, read-only); None: grant nothing.
 DATABASE_GATEWAY_USER = read("DATABASE_GATEWAY_USER")
+# The monitor role that may call public.trinity_taskrun_stats() (migrate_all_schemas).
+DATABASE_MONITOR_USER = read("DATABASE_MONITOR_USER")
 DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
 
 # Tenancy: one Postgres schema per tenant. Orchestration is in both lists so every
