@@ -100,7 +100,7 @@ def test_every_target_is_scraped(mon):
 
     health = wait_for(all_up, 90, interval=2, describe=lambda: "\n".join(
         mon.logs(s) for s in MONITORING_SERVICES + ["flower"]))
-    assert set(health) == {"prometheus", "flower", "redis", "postgres"}, health
+    assert set(health) == {"prometheus", "flower", "redis", "postgres", "web", "fastapi"}, health
 
 
 def test_redis_postgres_workers_and_beat_are_seen(mon):
@@ -130,6 +130,22 @@ def test_taskruns_are_counted_per_schema_status_and_queue(mon):
     series = wait_value(mon, 'trinity_taskruns_runs{schema="public", status="SUCCESS", '
                              'queue="default"} >= 3')
     assert len(series) == 1, series
+
+
+def test_requests_to_both_apps_are_counted_across_their_gunicorn_workers(mon):
+    """Six requests to each app through the proxy (401: no token), spread over both gunicorn
+    workers of each: the master's :9100 sums every worker's counters."""
+    from edge import Edge
+
+    edge = Edge(mon)
+    for _ in range(6):
+        assert edge.get("/api/task-runs/").status_code == 401
+        assert edge.get("/gateway/tasks/abc").status_code == 401
+    wait_value(mon, 'sum(django_http_responses_total_by_status_view_method_total'
+                    '{status="401", view="task-runs"}) >= 6')
+    wait_value(mon, 'sum(http_requests_total{handler="/tasks/{task_id}", status="4xx"}) >= 6')
+    wait_value(mon, 'histogram_quantile(0.95, sum by (le) '
+                    '(rate(django_http_requests_latency_seconds_by_view_method_bucket[1m]))) > 0')
 
 
 # ---- least privilege and what is published ------------------------------------------------

@@ -59,12 +59,13 @@ def test_every_alert_has_a_promtool_test_where_it_fires():
     assert alerts and alerts == fired, (alerts - fired, fired - alerts)
 
 
-def test_prometheus_scrapes_flower_redis_and_postgres():
+def test_prometheus_scrapes_flower_redis_postgres_and_both_apps():
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text()
                             .replace("@SCRAPE_INTERVAL@", "15s"))
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
     assert jobs == {"prometheus": ["localhost:9090"], "flower": ["flower:5555"],
-                    "redis": ["redis-exporter:9121"], "postgres": ["postgres-exporter:9187"]}
+                    "redis": ["redis-exporter:9121"], "postgres": ["postgres-exporter:9187"],
+                    "web": ["web:9100"], "fastapi": ["fastapi:9100"]}
     assert config["rule_files"] == ["/etc/trinity-monitoring/rules.yml"]
 
 
