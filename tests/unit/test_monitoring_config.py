@@ -53,9 +53,9 @@ def test_the_monitor_redis_user_may_read_those_keys_and_no_other_kind():
 def test_every_alert_has_a_promtool_test_where_it_fires():
     rules = yaml.safe_load((MONITORING / "rules.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    tests = yaml.safe_load((MONITORING / "rules.test.yml").read_text())
-    fired = {case["alertname"] for t in tests["tests"] for case in t.get("alert_rule_test", [])
-             if case.get("exp_alerts")}
+    fired = {case["alertname"] for name in ("rules.test.yml", "rules.slow.test.yml")
+             for t in yaml.safe_load((MONITORING / name).read_text())["tests"]
+             for case in t.get("alert_rule_test", []) if case.get("exp_alerts")}
     assert alerts and alerts == fired, (alerts - fired, fired - alerts)
 
 
