@@ -113,14 +113,14 @@ def test_redis_postgres_workers_and_beat_are_seen(mon):
         values(mon, "trinity:queue_workers_online > 0")), 60, interval=1,
         describe=lambda: values(mon, "flower_worker_online"))
     assert {json.loads(k)["queue"] for k in online} == {"default", "cpu", "io"}
-    lock = wait_value(mon, 'redis_key_size{key="trinity.redbeat::lock"} > 0')
-    assert len(lock) == 1, lock
+    assert set(wait_value(mon, 'redis_script_values{key="beat_lock_held"} == 1').values()) == {1}
+    assert set(wait_value(mon, "trinity:queue_length").values()) == {0}  # idle: every queue empty
 
 
 def test_the_last_backup_time_reaches_prometheus(mon):
     before = time.time()
     backup.record_success(mon)
-    found = wait_value(mon, 'redis_key_value{key="trinity.backup.last_success"}')
+    found = wait_value(mon, 'redis_script_values{key="backup_last_success"}')
     [recorded] = found.values()
     assert before - 2 <= recorded <= time.time() + 1, (before, recorded)
 
@@ -160,8 +160,11 @@ def test_the_redis_monitor_user_reads_only_its_keys(mon):
 
     assert as_monitor("LLEN", "trinity.tasks").isdigit()
     for refused in (["SET", "trinity.tasks", "x"], ["GET", "trinity.gateway.owner:x"],
-                    ["KEYS", "*"], ["CONFIG", "GET", "*"], ["SLOWLOG", "GET"],
-                    ["PUBLISH", "x", "y"], ["FLUSHALL"]):
+                    ["KEYS", "*"], ["SCAN", "0"], ["CONFIG", "GET", "*"], ["SLOWLOG", "GET"],
+                    ["PUBLISH", "x", "y"], ["FLUSHALL"],
+                    # a script runs under the same rules
+                    ["EVAL", "return redis.call('GET', 'trinity.gateway.owner:x')", "0"],
+                    ["EVAL", "return redis.call('SET', 'trinity.tasks', 'x')", "0"]):
         assert "NOPERM" in as_monitor(*refused), refused
 
 
@@ -231,7 +234,7 @@ def test_a_stopped_cpu_worker_alerts_the_webhook(mon):
     mon.compose("stop", "celery-cpu", timeout=120)
     runs = mon.enqueue("primes", {"n": 1000}, "--count", "2")
     assert len(runs) == 2 and {r["queue"] for r in runs} == {"trinity.tasks.cpu"}, runs
-    wait_value(mon, 'redis_key_size{key="trinity.tasks.cpu"} >= 2')
+    wait_value(mon, 'trinity:queue_length{queue="cpu"} >= 2')
     wait_value(mon, 'trinity_taskruns_oldest_seconds{status="QUEUED", queue="cpu"} > 0')
 
     def cpu_alert():

@@ -53,9 +53,10 @@ if [ -n "$admin" ]; then
   # The monitoring profile's exporter, when its password is given: server statistics (INFO,
   # LATENCY LATEST) and a read of the few keys it reports (the queues' lengths, RedBeat's lock,
   # the last backup's time), nothing else: no other key, no channel, no SLOWLOG or CONFIG
-  # (they show commands' arguments and settings).
+  # (they show commands' arguments and settings). EVAL runs images/monitoring/redis-keys.lua,
+  # whose commands Redis checks against these same rules.
   if [ -n "$(secret REDIS_MONITOR_PASSWORD)" ]; then
-    user monitor REDIS_MONITOR_PASSWORD 'resetkeys %R~trinity.tasks %R~trinity.tasks.* %R~trinity.redbeat::lock %R~trinity.backup.last_success resetchannels -@all +ping +hello +select +client|setname +info +latency|latest +type +strlen +llen +get +memory|usage'
+    user monitor REDIS_MONITOR_PASSWORD 'resetkeys %R~trinity.tasks %R~trinity.tasks.* %R~trinity.redbeat::lock %R~trinity.backup.last_success resetchannels -@all +ping +hello +select +client|setname +info +latency|latest +eval +llen +exists +get'
   fi
 else
   password=$(secret REDIS_PASSWORD)
