@@ -7,7 +7,9 @@
 pg_dump and pg_restore run inside the stack's own postgres container, so the client always
 matches the server, and the dump (custom format, one consistent snapshot of the whole database)
 streams out to BACKUP_DIR on the host with a .sha256 file beside it. A backup is verified
-(`pg_restore --list`) before it counts; the oldest beyond BACKUP_KEEP are removed.
+(`pg_restore --list`) before it counts; the oldest beyond BACKUP_KEEP are removed. The time of
+the last verified backup goes to Redis (LAST_SUCCESS_KEY), where the monitoring profile reads it
+(alert TrinityBackupTooOld).
 
 A restore checks the file first (checksum, `pg_restore --list`) and refuses a damaged one before
 anything is touched. Then it stops the writers (web, fastapi, workers, beat, flower) with their
@@ -34,6 +36,10 @@ CHUNK = 1 << 20
 # Inside the postgres container: its superuser over the local socket, which trusts it there.
 PG = 'exec {tool} -U "${{POSTGRES_USER:-postgres}}" {args}'
 DATABASE = '-d "${POSTGRES_DB:-${POSTGRES_USER:-postgres}}"'
+
+
+# Unix time of the last verified backup; the Redis exporter reads it (images/monitoring).
+LAST_SUCCESS_KEY = "trinity.backup.last_success"
 
 
 class BackupError(Exception):
@@ -108,11 +114,25 @@ def backup(stack: Stack, directory: Path, keep: int) -> Path:
     tables = verify(stack, dump)
     print(f"backup: {dump} ({size / 1e6:.1f} MB, {tables} tables, "
           f"{time.monotonic() - started:.1f}s), verified")
+    record_success(stack)
     for old in backups(directory)[:-keep] if keep > 0 else []:
         old.unlink()
         checksum_file(old).unlink(missing_ok=True)
         print(f"backup: removed {old.name} (BACKUP_KEEP={keep})")
     return dump
+
+
+def record_success(stack: Stack) -> None:
+    """The time of this backup into Redis, as the operator inside the Redis container (its
+    admin user; no credential leaves it). A failure does not undo the backup: it is reported,
+    and the monitoring's backup alert will say the same in time."""
+    proc = stack.compose("exec", "-T", "redis", "redis-admin", "SET", LAST_SUCCESS_KEY,
+                         str(int(time.time())), check=False, timeout=60)
+    if proc.returncode != 0 or proc.stdout.strip() != "OK":
+        print(f"backup: could not record the time in Redis ({LAST_SUCCESS_KEY}): "
+              f"{(proc.stdout + proc.stderr).strip()[-300:]}", file=sys.stderr)
+    else:
+        print(f"backup: recorded in Redis ({LAST_SUCCESS_KEY})")
 
 
 def backups(directory: Path) -> list[Path]:

@@ -343,6 +343,15 @@ def test_the_scheduled_backup_reads_everything_as_a_role_that_writes_nothing(pro
     code, out = prod.exec("backup", ["sh", "-c", BACKUP_ROLE.format(
         sql="DELETE FROM orchestration_taskrun")])
     assert code != 0 and "permission denied" in out, out
+    # Its time is recorded for the monitoring, by a Redis user that may only set that key.
+    assert "recorded in Redis" in prod.logs("backup"), prod.logs("backup")
+    code, out = prod.exec("redis", ["redis-admin", "GET", "trinity.backup.last_success"])
+    assert code == 0 and abs(time.time() - int(out.strip())) < 600, out
+    as_backup = ('REDISCLI_AUTH="$(cat "$REDIS_BACKUP_PASSWORD_FILE")" redis-cli -h redis '
+                 '--user backup --no-auth-warning ')
+    for command in ["GET trinity.backup.last_success", "SET trinity.tasks x", "FLUSHALL"]:
+        code, out = prod.exec("backup", ["sh", "-c", as_backup + command])
+        assert "NOPERM" in out, (command, out)
 
 
 def test_django_check_deploy_is_clean(prod):

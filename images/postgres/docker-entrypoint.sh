@@ -11,6 +11,9 @@
 #                                        migrate service grants it the few columns it reads
 #   POSTGRES_BACKUP_USER / _BACKUP_PASSWORD     optional: the scheduled backup's role, which
 #                                        may read every table (pg_read_all_data) and write none
+#   POSTGRES_MONITOR_USER / _MONITOR_PASSWORD   optional: the monitoring exporter's role:
+#                                        connect, pg_monitor (the server's statistics views);
+#                                        migrate lets it call the TaskRun statistics function
 set -euo pipefail
 
 secret() {  # secret NAME: $NAME, or the contents of the file $NAME_FILE names
@@ -88,6 +91,11 @@ SQL
     role "$POSTGRES_BACKUP_USER" POSTGRES_BACKUP_PASSWORD
     "${psql[@]}" --dbname postgres --set role="$POSTGRES_BACKUP_USER" >/dev/null \
       <<<'GRANT pg_read_all_data TO :"role";'
+  fi
+  if [ -n "${POSTGRES_MONITOR_USER:-}" ]; then
+    role "$POSTGRES_MONITOR_USER" POSTGRES_MONITOR_PASSWORD
+    "${psql[@]}" --dbname postgres --set role="$POSTGRES_MONITOR_USER" >/dev/null \
+      <<<'GRANT pg_monitor TO :"role";'
   fi
   for f in /docker-entrypoint-initdb.d/*; do
     case "$f" in

@@ -2,7 +2,9 @@
 # Starts redis-server with the image's config plus what the environment asks for, handed over
 # on stdin so that no password shows in the process list or in the image:
 #   REDIS_ADMIN_PASSWORD[_FILE] set  -> ACL mode: the default user is off; one user per role
-#     (users below), each needing its own REDIS_<ROLE>_PASSWORD[_FILE]. Production.
+#     (users below), each needing its own REDIS_<ROLE>_PASSWORD[_FILE]; `monitor` only when
+#     REDIS_MONITOR_PASSWORD[_FILE] is given, `backup` when REDIS_BACKUP_PASSWORD[_FILE] is.
+#     Production.
 #   else REDIS_PASSWORD[_FILE] set   -> one password for everything (requirepass). Development.
 #   else                             -> no authentication (a warning says so).
 #   REDIS_MAXMEMORY (e.g. 256mb)     -> a memory limit; with noeviction a write past it is refused.
@@ -49,6 +51,19 @@ if [ -n "$admin" ]; then
   # (read-only) tells them how full Redis is, so they stop enqueueing before it is.
   user web REDIS_WEB_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting +info'
   user gateway REDIS_GATEWAY_PASSWORD '~* resetchannels +@all -@dangerous -@pubsub -@scripting +info'
+  # The monitoring profile's exporter, when its password is given: server statistics (INFO,
+  # LATENCY LATEST) and a read of the few keys it reports (the queues' lengths, RedBeat's lock,
+  # the last backup's time), nothing else: no other key, no channel, no SLOWLOG or CONFIG
+  # (they show commands' arguments and settings). EVAL runs images/monitoring/redis-keys.lua,
+  # whose commands Redis checks against these same rules.
+  if [ -n "$(secret REDIS_MONITOR_PASSWORD)" ]; then
+    user monitor REDIS_MONITOR_PASSWORD 'resetkeys %R~trinity.tasks %R~trinity.tasks.* %R~trinity.redbeat::lock %R~trinity.backup.last_success resetchannels -@all +ping +hello +select +client|setname +info +latency|latest +eval +llen +exists +get'
+  fi
+  # The scheduled backup, when its password is given: it writes the time of its last verified
+  # dump, and may do nothing else (not even read it back).
+  if [ -n "$(secret REDIS_BACKUP_PASSWORD)" ]; then
+    user backup REDIS_BACKUP_PASSWORD 'resetkeys %W~trinity.backup.last_success resetchannels -@all +ping +set'
+  fi
 else
   password=$(secret REDIS_PASSWORD)
   if [ -n "$password" ]; then

@@ -68,6 +68,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 DATABASES = {"default": _database("DATABASE_URL")}
 # Postgres role of the FastAPI gateway (token lookups, read-only); None: grant nothing.
 DATABASE_GATEWAY_USER = read("DATABASE_GATEWAY_USER")
+# The monitor role that may call public.trinity_taskrun_stats() (migrate_all_schemas).
+DATABASE_MONITOR_USER = read("DATABASE_MONITOR_USER")
 DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
 
 # Tenancy: one Postgres schema per tenant. Orchestration is in both lists so every
@@ -97,6 +99,9 @@ TENANT_LIMIT_SET_CALLS = True
 # the caller's token (apps/tenants/tokens.py), so it answers without Domain rows per host name.
 
 MIDDLEWARE = [
+    # Request counts and latencies per view, method and status, first and last so they time
+    # the whole stack; gunicorn serves them on :9100 (images/python/gunicorn_metrics.py).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # A database error in any view answers 503 with a reason, not 500 (config/middleware.py).
     "config.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -107,6 +112,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

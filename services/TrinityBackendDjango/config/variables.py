@@ -224,6 +224,9 @@ VARIABLES: tuple[Variable, ...] = (
          files=PER_SERVICE, read_by=("django",), secret=True),
     _var("DATABASE_GATEWAY_USER", "the Postgres role that `migrate` grants read access to the "
          "token columns FastAPI checks", files=PER_SERVICE, read_by=("django",)),
+    _var("DATABASE_MONITOR_USER", "the Postgres role that `migrate` lets call the TaskRun "
+         "statistics function the monitoring reads (production: `POSTGRES_MONITOR_USER`)",
+         files=PER_SERVICE, read_by=("django",)),
     _var("API_MAX_BODY_BYTES", "both apps answer 413 above it", 1048576, positive_int,
          read_by=("django", "gateway")),
     # FastAPI (app/settings.py)
@@ -277,6 +280,11 @@ VARIABLES: tuple[Variable, ...] = (
          "unhealthy once the newest is older than two", 86400, read_by=("start-backup",)),
     _var("BACKUP_KEEP", "how many backups to keep, scheduled or `make backup`", 7,
          read_by=("start-backup",)),
+    _var("POSTGRES_MONITOR_USER", "production: the monitoring exporter's role (`pg_monitor`, "
+         "and the TaskRun statistics function)", files=PROD, required=True,
+         read_by=("postgres", "start-postgres-exporter", "compose")),
+    _var("POSTGRES_MONITOR_PASSWORD", "its password", files=PER_SERVICE,
+         read_by=("postgres", "start-postgres-exporter"), secret=True),
     # Redis (images/redis)
     _var("REDIS_MAXMEMORY", "Redis's memory limit; from 90 % of it both apps refuse new tasks "
          "(503 with the reason), so the workers keep room to drain the queues", read_by=("redis",),
@@ -284,6 +292,12 @@ VARIABLES: tuple[Variable, ...] = (
     *(_var(f"REDIS_{role.upper()}_PASSWORD", f"production (ACL mode): the password of the "
            f"`{role}` Redis user", files=PER_SERVICE, read_by=("redis",), secret=True)
       for role in ("admin", "worker", "web", "gateway")),
+    _var("REDIS_MONITOR_PASSWORD", "production: the password of the `monitor` Redis user (the "
+         "monitoring's exporter; the user exists only when this is given)", files=PER_SERVICE,
+         read_by=("redis", "start-redis-exporter"), secret=True),
+    _var("REDIS_BACKUP_PASSWORD", "production: the password of the `backup` Redis user, which "
+         "only records the scheduled backup's time (the user exists only when this is given)",
+         files=PER_SERVICE, read_by=("redis", "start-backup"), secret=True),
     # The proxy (images/proxy), production
     _var("PROXY_SERVER_NAME", "the name in the self-signed certificate", "localhost", files=PROD,
          read_by=("proxy",)),
@@ -300,6 +314,14 @@ VARIABLES: tuple[Variable, ...] = (
          read_by=("proxy",)),
     _var("PROXY_BURST", "the burst allowed above `PROXY_RATE`", 20, files=PROD,
          read_by=("proxy",)),
+    # Monitoring (images/monitoring, profile `monitoring`)
+    _var("PROMETHEUS_SCRAPE_INTERVAL", "how often Prometheus scrapes every target and "
+         "evaluates the alert rules", "15s", files=PROD, read_by=("start-prometheus",)),
+    _var("ALERT_WEBHOOK_URL", "where Alertmanager POSTs every alert (its webhook JSON); empty: "
+         "alerts are only shown in Alertmanager", files=PROD, read_by=("start-alertmanager",),
+         secret=True, default_text="none"),
+    _var("PROMETHEUS_PORT", "host port of Prometheus, on 127.0.0.1 only", 9090, files=PROD),
+    _var("ALERTMANAGER_PORT", "host port of Alertmanager, on 127.0.0.1 only", 9093, files=PROD),
     # Compose
     _var("BASE_IMAGE", "base of every image (the bootstrap writes what it chose to "
          "`.base-image`)", "debian:trixie-slim"),

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import errors
 from app.celery_app import celery_app  # noqa: F401 - fail at start on a bad Celery env
@@ -74,3 +75,7 @@ def create_app(config: GatewaySettings = settings) -> FastAPI:
 
 _log_to_stderr()
 app = create_app()
+# Request counts and latencies per route, method and status, of the served app only (an app
+# made by a test would register the same metrics twice); gunicorn serves them on :9100
+# (images/python/gunicorn_metrics.py). Health probes are left out: they are not traffic.
+Instrumentator(excluded_handlers=["/healthz", "/livez"]).instrument(app)
