@@ -456,6 +456,7 @@ def main() -> int:
         section(table, "raw Redis baselines", fig_raw, stack, ctx)
         section(table, "enqueue", fig_enqueue, stack, ctx)
         section(table, "drain", fig_drain, stack, ctx)
+        section(table, "drain, vanilla Celery", fig_vanilla, stack, ctx)
         section(table, "latency", fig_latency, stack, ctx)
         section(table, "HTTP enqueue", fig_http, stack, ctx, seconds, args.connections)
         section(table, "image size", fig_images, stack, ctx)
@@ -577,6 +578,29 @@ def fig_drain(table: Table, stack: Stack, ctx):
             else:
                 table.add("memory: prefork worker under load", f"{r['worker_rss_mb']:.0f} MiB",
                           note="worker tree RSS (/proc); docker stats gave no sample")
+
+
+VANILLA = {"BENCH_VANILLA": "1"}  # Celery as a new user starts it (bench_app.py)
+
+
+def fig_vanilla(table: Table, stack: Stack, ctx):
+    """The same prefork drain with the settings a new user would pick instead of the stack's:
+    Celery's defaults and cookiecutter-django's Celery block (bench_app.py, VANILLA)."""
+    mine = ctx.get("drain_prefork")
+    if not mine:
+        raise Skip("no prefork drain with the stack's settings to compare with")
+    r = stack.inner("drain", "--n", str(ctx["n"]), "--pool", "prefork", env=VANILLA)
+    ctx.setdefault("redis_top", {})["vanilla Celery"] = r["redis_top"]
+    table.ratio(f"drain {ctx['n']:,} no-ops, vanilla Celery (prefork)", r["rate"], "/s",
+                "raw BRPOP drain", ctx["raw"]["brpop_drain_rate"],
+                f"early acks, prefetch x4, task events, gossip/mingle, results extended; "
+                f"{r['redis_cmds_per_task']:.1f} Redis commands/task; done = queue empty and "
+                "every message acked (early acks: the last few may still run)")
+    table.ratio(f"drain {ctx['n']:,} no-ops, prefork: the stack's settings", mine["rate"], "/s",
+                "the same drain, vanilla Celery", r["rate"],
+                f"late acks, prefetch 1, no events, no gossip/mingle; "
+                f"{mine['redis_cmds_per_task']:.1f} vs {r['redis_cmds_per_task']:.1f} Redis "
+                "commands/task")
 
 
 def fig_latency(table: Table, stack: Stack, ctx):
