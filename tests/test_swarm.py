@@ -25,7 +25,7 @@ import yaml
 import prod_secrets
 import swarm
 import swarm_sandbox
-from chaos.harness import FINAL, Ledger, enqueue
+from chaos.harness import BEAT_SEND, FINAL, Ledger, enqueue
 from stack import ROOT
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -33,6 +33,7 @@ STACK_FILE = ROOT / "docker-stack.example.yml"
 INTERNAL = ["postgres", "redis", "migrate", "web", "fastapi", "celery", "celery-cpu",
             "celery-io", "beat"]
 WORKERS = ["celery", "celery-cpu", "celery-io"]
+SCAN_INTERVAL = 5  # CELERY_STUCK_SCAN_INTERVAL of the cluster (production: 60)
 
 
 def stack_config(**env: str) -> subprocess.CompletedProcess:
@@ -234,7 +235,7 @@ def cluster(tmp_path_factory):
     env_file.write_text((ROOT / "envs/prod.env").read_text() + "\n".join([
         f"SECRETS_DIR={tmp / 'secrets'}",
         # A task of a SIGKILLed node comes back within seconds, not an hour (as the chaos stack).
-        "CELERY_VISIBILITY_TIMEOUT=20", "CELERY_STUCK_SCAN_INTERVAL=5",
+        "CELERY_VISIBILITY_TIMEOUT=20", f"CELERY_STUCK_SCAN_INTERVAL={SCAN_INTERVAL}",
         # One default and one IO worker per node; the rest as small as it gets on 2 cores.
         "CELERY_REPLICAS=3", "CELERY_IO_REPLICAS=3", "CELERY_WORKER_CONCURRENCY=2",
         "CELERY_IO_CONCURRENCY=4",
@@ -319,14 +320,11 @@ def test_the_runbook_passes_against_the_swarm(cluster):
     assert "0 failed" in proc.stdout.splitlines()[-1], proc.stdout
 
 
-# The stuck-task scan as beat logs its send and as a worker logs its receipt (Celery's own
-# timestamp: the containers run in UTC).
-BEAT_SEND = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
-                       r"Scheduler: Sending due task mark-stuck-task-runs")
+# The stuck-task scan as a worker logs its receipt (Celery's own timestamp: the containers run
+# in UTC); BEAT_SEND is beat's line for its send.
 SCAN_RECEIVED = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
                            r"Task apps\.orchestration\.tasks\.mark_stuck_task_runs\[([0-9a-f-]+)\] "
                            r"received")
-SCAN_INTERVAL = 5  # CELERY_STUCK_SCAN_INTERVAL of the cluster fixture
 BEAT_WINDOW = 6 * SCAN_INTERVAL
 
 
