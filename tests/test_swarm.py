@@ -188,7 +188,7 @@ class Cluster:
             node.reload()
             if node.status != "running":
                 continue
-            out = node.exec_run(["docker", "ps", "-aq", "--filter",
+            out = node.exec_run(["docker", "ps", "-a", "--filter",
                                  f"label=com.docker.swarm.service.name={self.stack}_{service}",
                                  "--format", '{{.ID}} {{.Label "com.docker.swarm.task.name"}}'])
             assert out.exit_code == 0, f"{node.name}: docker ps: {out.output.decode()}"
