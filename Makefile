@@ -82,7 +82,7 @@ restore: ## restore FILE=... into the running stack (STACK=dev|prod): checks it,
 	@[ -n "$(FILE)" ] || { echo "usage: make restore FILE=backups/trinity-<time>.dump [STACK=prod]" >&2; exit 2; }
 	python3 scripts/backup.py $(STACK_ARGS) restore $(FILE)
 
-bench: bootstrap-bench ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack -> bench/RESULTS.md (~15 min)
+bench: bootstrap-bench ## benchmarks as ratios to raw Redis/HTTP baselines on a throw-away stack, the drain on a 3-node sandbox swarm -> bench/RESULTS.md (~20 min)
 	PYTHONPATH=scripts .venv/bin/python bench/run.py $(BENCH_ARGS)
 
 check-config: bootstrap-tools ## every variable the env files, compose files and scripts name is declared once (config/variables.py)

@@ -9,6 +9,11 @@ Figures:
   enqueue   Celery enqueue rate: `.delay()` one by one, and grouped `apply_async`
   drain     N no-ops queued first, then a worker (pool/concurrency/flags given) drains them
   latency   enqueue -> result visible, one task in flight, against a worker started here
+  fill      (the Swarm figure, bench/swarm_drain.py) N no-ops queued and set aside under
+            another key, so that workers started later find nothing yet
+  release   (the Swarm figure) once K bench workers answer a ping, the set-aside queue is put
+            back in one RENAME and drained by them; the drain rate, Redis's own CPU and the
+            host's busy cores over the drain
 """
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ def log(*args):
 
 
 def client() -> redis.Redis:
-    url = os.environ.get("CELERY_BROKER_URL") or os.environ["REDIS_URL"]
-    return redis.Redis.from_url(url)
+    """The broker as the stack's Celery app reaches it: its URL with this service's Redis user
+    and password (from the variable, or the secret file on the Swarm)."""
+    from config.celery_settings import load_settings
+
+    return redis.Redis.from_url(load_settings()["broker_url"])
 
 
 def pct(values, p):
@@ -200,7 +208,7 @@ def start_worker(pool, concurrency, extra, name):
            "--hostname", f"{name}@%h", "--pool", pool]
     if concurrency:
         cmd += ["--concurrency", str(concurrency)]
-    if not flag("BENCH_LEGACY"):
+    if not (flag("BENCH_LEGACY") or flag("BENCH_VANILLA")):
         cmd += STACK_WORKER_FLAGS
     cmd += extra
     log("worker:", " ".join(cmd))
@@ -302,6 +310,81 @@ def fig_drain(args):
             "worker_rss_mb": rss / 1024}
 
 
+# ---- the Swarm figure: workers that run as a service, on other nodes -----------------------------
+HOLD = QUEUE + ".hold"
+
+
+def fig_fill(args):
+    """N no-ops queued, then moved aside (RENAME), so that the workers started next find an
+    empty queue and the drain begins for all of them at once, in `release`."""
+    r = client()
+    clean(r)
+    r.delete(HOLD)
+    fill_producer(args.n)
+    assert r.llen(QUEUE) == args.n, r.llen(QUEUE)
+    r.rename(QUEUE, HOLD)
+    return {"n": args.n}
+
+
+def bench_workers() -> list[str]:
+    """Names of the bench workers that answer a ping (`bench@<node>-<slot>`)."""
+    from bench_app import app
+
+    replies = app.control.ping(timeout=2.0) or []
+    return sorted(name for reply in replies for name in reply if name.startswith("bench@"))
+
+
+def host_busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine: /proc/stat is not namespaced, so a
+    container on a sandbox node reads the host's."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def redis_cpu_seconds(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return info["used_cpu_sys"] + info["used_cpu_user"]
+
+
+def fig_release(args):
+    """Wait until exactly K bench workers answer, put the N messages back under the queue's name
+    in one RENAME (a BRPOP blocked on it wakes at once), and time the drain to the last ack."""
+    r = client()
+    assert r.llen(HOLD) == args.n, f"{r.llen(HOLD)} set aside, expected {args.n}"
+    deadline = time.monotonic() + args.timeout
+    while len(workers := bench_workers()) != args.workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(workers)} bench workers answer, expected {args.workers}: "
+                               f"{workers}")
+        time.sleep(0.5)
+    r.delete("unacked", "unacked_index")  # no other consumer holds messages on this stack
+    before, cpu0, (busy0, total0) = r.info("commandstats"), redis_cpu_seconds(r), host_busy_jiffies()
+    t0 = time.perf_counter()
+    r.rename(HOLD, QUEUE)
+    polls = 0
+    while True:
+        polls += 1
+        left, unacked = r.llen(QUEUE), r.hlen("unacked")
+        if left == 0 and unacked == 0:
+            break
+        if time.perf_counter() - t0 > 60 + args.n / 20:
+            raise RuntimeError(f"drain not finished: {left} queued, {unacked} unacked")
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    cpu1, (busy1, total1) = redis_cpu_seconds(r), host_busy_jiffies()
+    after = r.info("commandstats")
+    calls = sum(v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items()
+                if k not in ("cmdstat_info", "cmdstat_llen", "cmdstat_hlen"))
+    clean(r)
+    cores = os.cpu_count() or 1
+    return {"n": args.n, "workers": workers, "seconds": elapsed, "rate": args.n / elapsed,
+            "redis_cpu": (cpu1 - cpu0) / elapsed,  # cores' worth of Redis's own CPU
+            "host_busy": (busy1 - busy0) / max(total1 - total0, 1) * cores,  # busy cores
+            "redis_cmds_per_task": calls / args.n}
+
+
 def _saturated(noop, rounds, inflight):
     """K tasks always in flight; a result counts when its SUCCESS is published (pattern
     subscription on the result channels), so there is no polling in the measurement."""
@@ -388,7 +471,7 @@ def fig_latency(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("figure", choices=["raw", "enqueue", "drain", "latency"])
+    ap.add_argument("figure", choices=["raw", "enqueue", "drain", "latency", "fill", "release"])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=500)
     ap.add_argument("--pool", default="prefork")
@@ -396,9 +479,11 @@ def main():
     ap.add_argument("--inflight", type=int, default=1, help="latency: tasks kept in flight")
     ap.add_argument("--workers", type=int, default=1, help="worker nodes started at once")
     ap.add_argument("--extra", default="", help="more worker arguments")
+    ap.add_argument("--timeout", type=float, default=180,
+                    help="release: seconds to wait for the workers to answer")
     args = ap.parse_args()
     result = {"raw": fig_raw, "enqueue": fig_enqueue, "drain": fig_drain,
-              "latency": fig_latency}[args.figure](args)
+              "latency": fig_latency, "fill": fig_fill, "release": fig_release}[args.figure](args)
     print(json.dumps(result), flush=True)
 
 

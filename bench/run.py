@@ -5,6 +5,7 @@ bench/latency.png, then `down -v` the stack (also on failure or Ctrl-C).
     make bench                       # the real run: N=20000 no-ops, 10 s of wrk per URL
     make bench BENCH_ARGS=--quick    # N=2000, 3 s of wrk: a few minutes, for development
     make bench BENCH_ARGS=--no-tune  # skip the tuning variants (before/after table)
+    make bench BENCH_ARGS=--no-swarm # skip the drain on a 3-node sandbox swarm (~6 min)
 
 Host side: the host venv (the stack harness scripts/stack.py, Pillow for the histograms) + docker
 CLI (compose v2) + wrk (installed from Debian when missing and root; else the HTTP figure is
@@ -421,13 +422,16 @@ def main() -> int:
     ap.add_argument("--no-tune", action="store_true", help="skip the tuning variants")
     ap.add_argument("--no-start", action="store_true",
                     help="skip the start/build figures (cold + warm `make dev-up`, ~5 min)")
+    ap.add_argument("--no-swarm", action="store_true",
+                    help="skip the drain by 1-3 worker replicas on a sandbox swarm (~6 min)")
     ap.add_argument("--smoke", action="store_true",
-                    help="does it run at all: N=200, 1 s of wrk, no tuning, no start figures")
+                    help="does it run at all: N=200, 1 s of wrk, no tuning, no start or "
+                         "Swarm figures")
     ap.add_argument("--keep", action="store_true", help="leave the stack up (prints its name)")
     ap.add_argument("--results", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args()
     if args.smoke:
-        args.no_tune = args.no_start = True
+        args.no_tune = args.no_start = args.no_swarm = True
     n = args.n or (200 if args.smoke else 2000 if args.quick else 20000)
     rounds = args.rounds or (50 if args.smoke else 300 if args.quick else 2000)
     seconds = args.seconds or (1 if args.smoke else 3 if args.quick else 10)
@@ -456,6 +460,7 @@ def main() -> int:
         section(table, "raw Redis baselines", fig_raw, stack, ctx)
         section(table, "enqueue", fig_enqueue, stack, ctx)
         section(table, "drain", fig_drain, stack, ctx)
+        section(table, "drain, vanilla Celery", fig_vanilla, stack, ctx)
         section(table, "latency", fig_latency, stack, ctx)
         section(table, "HTTP enqueue", fig_http, stack, ctx, seconds, args.connections)
         section(table, "image size", fig_images, stack, ctx)
@@ -467,7 +472,10 @@ def main() -> int:
         else:
             log(f"stack {project}: down -v")
             stack.down()
-    if not args.no_start:  # after the stack is gone: it would compete for the 2 cores
+    # After the stack is gone: it would compete for the 2 cores.
+    if not args.no_swarm:
+        section(table, "Swarm drain", fig_swarm, ctx)
+    if not args.no_start:
         section(table, "start and build", fig_start, project, ctx)
 
     info["other_containers"] = sorted(set(info["other_containers"]) | set(other_containers())
@@ -577,6 +585,49 @@ def fig_drain(table: Table, stack: Stack, ctx):
             else:
                 table.add("memory: prefork worker under load", f"{r['worker_rss_mb']:.0f} MiB",
                           note="worker tree RSS (/proc); docker stats gave no sample")
+
+
+VANILLA = {"BENCH_VANILLA": "1"}  # Celery as a new user starts it (bench_app.py)
+
+
+def fig_vanilla(table: Table, stack: Stack, ctx):
+    """The same prefork drain with the settings a new user would pick instead of the stack's:
+    Celery's defaults and cookiecutter-django's Celery block (bench_app.py, VANILLA)."""
+    mine = ctx.get("drain_prefork")
+    if not mine:
+        raise Skip("no prefork drain with the stack's settings to compare with")
+    r = stack.inner("drain", "--n", str(ctx["n"]), "--pool", "prefork", env=VANILLA)
+    ctx.setdefault("redis_top", {})["vanilla Celery"] = r["redis_top"]
+    table.ratio(f"drain {ctx['n']:,} no-ops, vanilla Celery (prefork)", r["rate"], "/s",
+                "raw BRPOP drain", ctx["raw"]["brpop_drain_rate"],
+                f"early acks, prefetch x4, task events, gossip/mingle, results extended; "
+                f"{r['redis_cmds_per_task']:.1f} Redis commands/task; done = queue empty and "
+                "every message acked (early acks: the last few may still run)")
+    table.ratio(f"drain {ctx['n']:,} no-ops, prefork: the stack's settings", mine["rate"], "/s",
+                "the same drain, vanilla Celery", r["rate"],
+                f"late acks, prefetch 1, no events, no gossip/mingle; "
+                f"{mine['redis_cmds_per_task']:.1f} vs {r['redis_cmds_per_task']:.1f} Redis "
+                "commands/task")
+
+
+def fig_swarm(table: Table, ctx):
+    """Drain rate with 1, 2, 3 worker replicas, each on its own node of a sandbox swarm, as
+    ratios to 1 replica; Redis's own CPU and the machine's busy cores beside (swarm_drain.py)."""
+    import swarm_drain
+
+    results = swarm_drain.measure(ctx["n"])
+    ctx["swarm"] = results
+    one = results[1]["rate"]
+    cores = os.cpu_count()
+    for replicas, r in sorted(results.items()):
+        nodes = sorted({w.split("@", 1)[1].rsplit("-", 1)[0] for w in r["workers"]})
+        table.ratio(f"Swarm drain {r['n']:,} no-ops, {replicas} worker replica"
+                    f"{'s' if replicas > 1 else ''} (prefork) on {len(nodes)} node"
+                    f"{'s' if len(nodes) > 1 else ''}", r["rate"], "/s",
+                    "1 replica, same run", one,
+                    f"Redis {r['redis_cpu']:.2f} cores ({r['redis_cpu'] / cores:.0%} of the "
+                    f"machine), {r['host_busy']:.2f} of {cores} cores busy; "
+                    f"{r['redis_cmds_per_task']:.1f} Redis commands/task; the stack's settings")
 
 
 def fig_latency(table: Table, stack: Stack, ctx):

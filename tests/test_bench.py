@@ -31,6 +31,8 @@ def test_bench_smoke_run_writes_every_figure(tmp_path):
     assert not failed, "figures that failed:\n" + "\n".join(failed) + "\n" + proc.stderr[-4000:]
     ratios = [row for row in rows if re.search(r"\*\*\d+\.\d\dx\*\*", row)]
     for figure in ("raw BRPOP drain", "enqueue `.delay()`", "drain 200 no-ops, prefork",
+                   "drain 200 no-ops, vanilla Celery (prefork)",
+                   "drain 200 no-ops, prefork: the stack's settings",
                    "enqueue->result p50", "HTTP FastAPI POST", "HTTP Django POST",
                    "HTTP via proxy (HTTPS) FastAPI POST /gateway/tasks",
                    "HTTP via proxy (HTTPS) Django POST /api/task-runs/",

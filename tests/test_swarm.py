@@ -8,8 +8,10 @@ test-swarm` set (README, "Scaling out"); otherwise pytest lists them as skipped 
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -23,7 +25,7 @@ import yaml
 import prod_secrets
 import swarm
 import swarm_sandbox
-from chaos.harness import FINAL, Ledger, enqueue
+from chaos.harness import BEAT_SEND, FINAL, Ledger, enqueue
 from stack import ROOT
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -31,6 +33,7 @@ STACK_FILE = ROOT / "docker-stack.example.yml"
 INTERNAL = ["postgres", "redis", "migrate", "web", "fastapi", "celery", "celery-cpu",
             "celery-io", "beat"]
 WORKERS = ["celery", "celery-cpu", "celery-io"]
+SCAN_INTERVAL = 5  # CELERY_STUCK_SCAN_INTERVAL of the cluster (production: 60)
 
 
 def stack_config(**env: str) -> subprocess.CompletedProcess:
@@ -176,6 +179,27 @@ class Cluster:
                         "count(*) AS n FROM public.orchestration_taskrun WHERE id = "
                         f"ANY(ARRAY[{','.join(map(str, ids))}]::bigint[]) GROUP BY worker) AS w")
 
+    def task_logs(self, service: str, since: float) -> dict[str, str]:
+        """Task name -> its container's log since the epoch second `since`, read on each node
+        (every task of `service` there, running or not): not through the manager's `service
+        logs`, which streams from the other nodes and may come back short."""
+        logs = {}
+        for node in self.nodes():
+            node.reload()
+            if node.status != "running":
+                continue
+            out = node.exec_run(["docker", "ps", "-a", "--filter",
+                                 f"label=com.docker.swarm.service.name={self.stack}_{service}",
+                                 "--format", '{{.ID}} {{.Label "com.docker.swarm.task.name"}}'])
+            assert out.exit_code == 0, f"{node.name}: docker ps: {out.output.decode()}"
+            for line in out.output.decode().split("\n"):
+                if not line.strip():
+                    continue
+                cid, task = line.split(" ", 1)
+                log = node.exec_run(["docker", "logs", "--since", str(int(since)), cid])
+                logs[f"{task}@{node.name}"] = log.output.decode(errors="replace")
+        return logs
+
     def tasks(self, service: str) -> list[tuple[str, str]]:
         """(node, current state) of each task of `service` that should be running."""
         out = swarm.docker(self.env, "service", "ps", "--filter", "desired-state=running",
@@ -211,7 +235,7 @@ def cluster(tmp_path_factory):
     env_file.write_text((ROOT / "envs/prod.env").read_text() + "\n".join([
         f"SECRETS_DIR={tmp / 'secrets'}",
         # A task of a SIGKILLed node comes back within seconds, not an hour (as the chaos stack).
-        "CELERY_VISIBILITY_TIMEOUT=20", "CELERY_STUCK_SCAN_INTERVAL=5",
+        "CELERY_VISIBILITY_TIMEOUT=20", f"CELERY_STUCK_SCAN_INTERVAL={SCAN_INTERVAL}",
         # One default and one IO worker per node; the rest as small as it gets on 2 cores.
         "CELERY_REPLICAS=3", "CELERY_IO_REPLICAS=3", "CELERY_WORKER_CONCURRENCY=2",
         "CELERY_IO_CONCURRENCY=4",
@@ -294,6 +318,81 @@ def test_the_runbook_passes_against_the_swarm(cluster):
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failed" in proc.stdout.splitlines()[-1], proc.stdout
+
+
+# The stuck-task scan as a worker logs its receipt (Celery's own timestamp: the containers run
+# in UTC); BEAT_SEND is beat's line for its send.
+SCAN_RECEIVED = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
+                           r"Task apps\.orchestration\.tasks\.mark_stuck_task_runs\[([0-9a-f-]+)\] "
+                           r"received")
+BEAT_WINDOW = 6 * SCAN_INTERVAL
+
+
+def log_times(text: str, pattern: re.Pattern, start: dt.datetime, end: dt.datetime) -> dict:
+    """First group of each match (a Celery log timestamp) -> the rest, for those in [start, end]."""
+    found = {}
+    for match in pattern.finditer(text):
+        at = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").replace(
+            tzinfo=dt.timezone.utc)
+        if start <= at <= end:
+            found[match.groups()[1:] or (at,)] = at
+    return found
+
+
+def running_beats(cluster: Cluster) -> list[str]:
+    return [node for node, state in cluster.tasks("beat") if state.startswith("Running")]
+
+
+@pytest.mark.swarm
+@swarm_only
+def test_a_second_beat_replica_sends_nothing_twice(cluster):
+    """Beat scaled to two replicas on two nodes: over a window of six intervals the default
+    workers receive the stuck-task scan once per interval, never two within one (RedBeat's lock
+    in Redis: the second replica waits on it). Counted from the workers' logs, where a job sent
+    by two beats would show twice (two task ids); back to one replica afterwards."""
+    beat = f"{cluster.stack}_beat"
+    swarm.docker(cluster.env, "service", "scale", "--detach", f"{beat}=2")
+    try:
+        # Running means healthy here: Swarm starts a task with a healthcheck as "Starting".
+        deadline = time.monotonic() + 90
+        while len(running_beats(cluster)) < 2:
+            assert time.monotonic() < deadline, \
+                f"beat not at 2 replicas after 90s: {cluster.tasks('beat')}\n{cluster.report()}"
+            time.sleep(1)
+        nodes = running_beats(cluster)
+        assert len(set(nodes)) == 2, f"both beat replicas on one node: {nodes}"
+        start = dt.datetime.now(dt.timezone.utc)
+        end = start + dt.timedelta(seconds=BEAT_WINDOW)
+        while dt.datetime.now(dt.timezone.utc) < end:  # both must stay up through the window
+            assert len(running_beats(cluster)) == 2, (cluster.tasks("beat"), cluster.report())
+            time.sleep(1)
+        # The last receipt may land in the log a moment after the window closes.
+        time.sleep(2)
+        since = start.timestamp() - 1
+        received = {}
+        for text in cluster.task_logs("celery", since).values():
+            received.update(log_times(text, SCAN_RECEIVED, start, end))
+        sent = {task: sorted(log_times(text, BEAT_SEND, start, end).values())
+                for task, text in cluster.task_logs("beat", since).items()}
+    finally:
+        swarm.docker(cluster.env, "service", "scale", "--detach", f"{beat}=1")
+    times = sorted(received.values())
+    gaps = [round((b - a).total_seconds(), 1) for a, b in zip(times, times[1:])]
+    print(f"\nbeat x2 on {sorted(nodes)}: {len(times)} scans received in {BEAT_WINDOW}s "
+          f"(interval {SCAN_INTERVAL}s), gaps {gaps}; sends per beat task: "
+          f"{ {task: len(t) for task, t in sent.items()} }")
+    expected = BEAT_WINDOW // SCAN_INTERVAL
+    logs = "\n".join(f"--- {task}\n{text[-2000:]}"
+                      for task, text in cluster.task_logs("beat", since).items())
+    assert expected - 1 <= len(times) <= expected + 1, (len(times), gaps, logs)
+    # Two sends in one interval: a job sent twice. Without the lock this is what fails (two
+    # beats waking at the same due time both send); the count above can stay in range.
+    assert min(gaps) >= SCAN_INTERVAL / 2, (gaps, logs)
+    deadline = time.monotonic() + 90
+    while len(cluster.tasks("beat")) != 1 or len(running_beats(cluster)) != 1:
+        assert time.monotonic() < deadline, \
+            f"beat not back at 1 replica after 90s: {cluster.tasks('beat')}"
+        time.sleep(1)
 
 
 @pytest.mark.swarm

@@ -8,6 +8,7 @@ deadline and a failure prints the services' logs.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from contextlib import contextmanager
@@ -218,6 +219,9 @@ def restarted(stack: Stack, service: str, restarts: int) -> bool:
 # ---- broker and beat faults (test_broker.py, test_beat.py) -----------------------------------
 UNACKED_RESTORE_INTERVAL = 10  # config/celery_settings.py: kombu's sweep of the unacked index
 REDBEAT_LOCK_TIMEOUT = 30  # celery_settings: redbeat_lock_timeout
+# A beat's log line for each send of the stuck-task scan (Celery's own timestamp, UTC).
+BEAT_SEND = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
+                       r"Scheduler: Sending due task mark-stuck-task-runs")
 BEAT_MAX_LOOP = 5  # celery_settings: beat_max_loop_interval (beat renews its lock this often)
 GUARD_SKIP = "broker connection already closed: skipped"  # config/kombu_fixes.py's warning
 CANCELLED = "cannot be acknowledged after a connection loss"  # Celery's cancel-on-loss warning

@@ -4,18 +4,15 @@ nothing. Sends are read from the beats' own logs ("Sending due task mark-stuck-t
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 
 import pytest
 
-from chaos.harness import BEAT_MAX_LOOP, REDBEAT_LOCK_TIMEOUT, SCAN_INTERVAL
+from chaos.harness import BEAT_MAX_LOOP, BEAT_SEND as SEND, REDBEAT_LOCK_TIMEOUT, SCAN_INTERVAL
 from stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.chaos]
 
-SEND = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
-                  r"Scheduler: Sending due task mark-stuck-task-runs")
 # A waiting beat retries the lock every loop; once it lapses, the next due tick sends.
 TAKEOVER_BOUND = REDBEAT_LOCK_TIMEOUT + SCAN_INTERVAL + BEAT_MAX_LOOP + 10
 
