@@ -3,6 +3,7 @@ build, up --wait, the logs of every service when a test failed, always down -v).
 under tests/unit never start one; tests/chaos/conftest.py adds the chaos package's own."""
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -45,4 +46,19 @@ def validate():
         return subprocess.run([str(ROOT / ".venv/bin/python"), "scripts/validate.py", *files,
                                "--project", stack.project, "--env-file", stack.env_file],
                               cwd=ROOT, capture_output=True, text=True, timeout=400)
+    return run
+
+
+@pytest.fixture(scope="session")
+def validate_passes(validate):
+    """validate_passes(stack): `make validate`'s script against that stack; it must exit 0 with
+    every step PASS (beat may SKIP: a stack without beat has no schedule to check)."""
+    def run(stack: Stack) -> subprocess.CompletedProcess:
+        proc = validate(stack)
+        print(proc.stdout)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for step in ("workers", "queues", "tasks", "monitor", "stuck"):
+            assert re.search(rf"^PASS\s+{step} ", proc.stdout, re.M), proc.stdout
+        assert re.search(r"^(PASS|SKIP)\s+beat ", proc.stdout, re.M), proc.stdout
+        return proc
     return run

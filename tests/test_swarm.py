@@ -25,7 +25,7 @@ import yaml
 import prod_secrets
 import swarm
 import swarm_sandbox
-from chaos.harness import BEAT_SEND, FINAL, Ledger, enqueue
+from chaos.harness import BEAT_SEND, FINAL, Ledger, enqueue, poll_final
 from stack import ROOT
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -163,15 +163,7 @@ class Cluster:
         return Ledger(rows, ids)
 
     def wait_final(self, ids: list[int], timeout: float) -> Ledger:
-        deadline = time.monotonic() + timeout
-        while True:
-            book = self.ledger(ids)
-            if book.final == len(ids):
-                return book
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(ids) - book.final} of {len(ids)} not final after "
-                                     f"{timeout:.0f}s: {book.summary()}\n{self.report()}")
-            time.sleep(2)
+        return poll_final(lambda: self.ledger(ids), timeout, self.report)
 
     def workers_of(self, ids: list[int]) -> dict[str, int]:
         """How many of the TaskRuns `ids` each worker ran (TaskRun.worker: name@<node>-<slot>)."""

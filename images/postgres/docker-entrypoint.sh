@@ -16,15 +16,7 @@
 #                                        migrate lets it call the TaskRun statistics function
 set -euo pipefail
 
-secret() {  # secret NAME: $NAME, or the contents of the file $NAME_FILE names
-  local value=${!1:-} file_var="$1_FILE"
-  local file=${!file_var:-}
-  if [ -n "$file" ]; then
-    [ -z "$value" ] || { echo "postgres: set either $1 or ${1}_FILE, not both" >&2; exit 1; }
-    value=$(cat "$file") || { echo "postgres: ${1}_FILE: cannot read $file" >&2; exit 1; }
-  fi
-  printf %s "$value"
-}
+. /usr/local/lib/trinity/secret.sh  # secret NAME: $NAME or the file $NAME_FILE names
 
 POSTGRES_USER=${POSTGRES_USER:-postgres}
 POSTGRES_DB=${POSTGRES_DB:-$POSTGRES_USER}

@@ -14,7 +14,7 @@ if [ "${1:-}" != "redis-server" ]; then
   exec "$@"  # redis-cli, redis-admin, sh, ... run as given
 fi
 shift
-. /usr/local/lib/redis/secret.sh
+. /usr/local/lib/trinity/secret.sh
 
 config=""  # lines for redis-server, given on stdin below
 add() { config="$config$*

@@ -1,5 +1,6 @@
-"""What every chaos module uses: the TaskRun ledger read through Django's shell in web, Redis
-and worker helpers, and POST through the proxy with the stack's API token.
+"""What every chaos module uses: the TaskRun ledger read with psql in the stack's Postgres (Django's
+shell in web where a test needs the ORM), Redis and worker helpers, and POST through the proxy
+with the stack's API token.
 
 TaskRun rows are the ledger: status says whether a task finished, attempts counts how many times
 a worker started its operation, so attempts > 1 means it ran twice. Every wait polls against a
@@ -106,6 +107,7 @@ class Ledger:
         self.rows = {(tid if by_task_id else pk): dict(op=op, status=st, attempts=att, error=err)
                      for pk, tid, op, st, att, err in rows}
         self.missing = sorted(set(ids) - set(self.rows))
+        self.expected = len(ids)
 
     def count(self, *statuses) -> int:
         return sum(r["status"] in statuses for r in self.rows.values())
@@ -132,21 +134,26 @@ def ledger(stack: Stack, ids: list, by_task_id: bool = False) -> Ledger:
 
 
 def wait_final(stack: Stack, ids: list, timeout: float, by_task_id: bool = False) -> Ledger:
+    return poll_final(lambda: ledger(stack, ids, by_task_id), timeout, lambda: report(stack))
+
+
+def poll_final(read, timeout: float, describe) -> Ledger:
+    """Call `read()` for the Ledger every 2 s until all its TaskRuns are final; past `timeout`,
+    raise with its summary and `describe()` (the services' logs). A read that fails with
+    StackError (web's database briefly gone, in the Postgres scenario) is asked again."""
     deadline = time.monotonic() + timeout
-    book = None
     while True:
         try:
-            book = ledger(stack, ids, by_task_id)
-        except StackError:  # web's database briefly gone (the Postgres scenario): ask again
+            book = read()
+        except StackError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(2)
-            continue
-        if book.final == len(ids):
-            return book
-        if time.monotonic() > deadline:
-            raise StackError(f"{len(ids) - book.final} of {len(ids)} TaskRuns not final after "
-                             f"{timeout:.0f}s: {book.summary()}\n{report(stack)}")
+        else:
+            if book.final == book.expected:
+                return book
+            if time.monotonic() > deadline:
+                raise StackError(f"{book.expected - book.final} of {book.expected} TaskRuns not "
+                                 f"final after {timeout:.0f}s: {book.summary()}\n{describe()}")
         time.sleep(2)
 
 
