@@ -60,7 +60,7 @@ def run_sh(client, image: str, script: str) -> tuple[int, str]:
         code = container.wait(timeout=60)["StatusCode"]
         return code, container.logs().decode(errors="replace")
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # and the anonymous volumes of its image's VOLUMEs
 
 
 @pytest.fixture(scope="module")
