@@ -15,6 +15,7 @@ import uuid
 
 import docker
 import pytest
+import requests
 from requests.structures import CaseInsensitiveDict
 
 from edge import SECURITY_HEADERS, tls_handshake, wrong_security_headers
@@ -156,6 +157,37 @@ def test_a_first_postgres_start_that_failed_half_way_is_redone_on_the_next(clien
         assert (code, out.decode().strip()) == (0, "app"), (code, out, logs)
     finally:
         volume.remove(force=True)
+
+
+# ---- secrets as files: images/secret.sh -------------------------------------------------------
+REDIS_USERS = {"REDIS_ADMIN_PASSWORD": "a", "REDIS_WORKER_PASSWORD": "w", "REDIS_WEB_PASSWORD": "b",
+               "REDIS_GATEWAY_PASSWORD": "g"}
+
+
+@pytest.mark.parametrize("server,env,named", [
+    ("postgres", {"POSTGRES_PASSWORD": "x", "POSTGRES_PASSWORD_FILE": "/etc/hostname"},
+     "set either POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, not both"),
+    ("redis", {**REDIS_USERS, "REDIS_WEB_PASSWORD_FILE": "/etc/hostname"},
+     "set either REDIS_WEB_PASSWORD or REDIS_WEB_PASSWORD_FILE, not both"),
+    # An optional user's password (the monitoring's) from a file that is not there: Redis must
+    # not start without that user as if it had not been asked for.
+    ("redis", {**REDIS_USERS, "REDIS_MONITOR_PASSWORD_FILE": "/run/secrets/nothing"},
+     "REDIS_MONITOR_PASSWORD_FILE: cannot read /run/secrets/nothing"),
+])
+def test_a_secret_given_twice_or_unreadable_stops_the_server_naming_it(client, stack, server, env,
+                                                                      named):
+    (image,) = [i for i in stack.images() if any(t.startswith(f"trinity/{server}:") for t in i.tags)]
+    container = client.containers.run(image.id, environment=env, detach=True, labels=LABEL,
+                                      network_disabled=True)
+    try:
+        try:
+            code = container.wait(timeout=30)["StatusCode"]
+        except (requests.exceptions.RequestException, TimeoutError):
+            code = "still running after 30 s"
+        logs = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True, v=True)
+    assert code == 1 and named in logs, (code, logs)
 
 
 # ---- (c) the proxy, hardened, with no upstream ------------------------------------------------

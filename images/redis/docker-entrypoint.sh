@@ -56,12 +56,12 @@ if [ -n "$admin" ]; then
   # the last backup's time), nothing else: no other key, no channel, no SLOWLOG or CONFIG
   # (they show commands' arguments and settings). EVAL runs images/monitoring/redis-keys.lua,
   # whose commands Redis checks against these same rules.
-  if [ -n "$(secret REDIS_MONITOR_PASSWORD)" ]; then
+  if [ -n "${REDIS_MONITOR_PASSWORD:-}${REDIS_MONITOR_PASSWORD_FILE:-}" ]; then
     user monitor REDIS_MONITOR_PASSWORD 'resetkeys %R~trinity.tasks %R~trinity.tasks.* %R~trinity.redbeat::lock %R~trinity.backup.last_success resetchannels -@all +ping +hello +select +client|setname +info +latency|latest +eval +llen +exists +get'
   fi
   # The scheduled backup, when its password is given: it writes the time of its last verified
   # dump, and may do nothing else (not even read it back).
-  if [ -n "$(secret REDIS_BACKUP_PASSWORD)" ]; then
+  if [ -n "${REDIS_BACKUP_PASSWORD:-}${REDIS_BACKUP_PASSWORD_FILE:-}" ]; then
     user backup REDIS_BACKUP_PASSWORD 'resetkeys %W~trinity.backup.last_success resetchannels -@all +ping +set'
   fi
 else
