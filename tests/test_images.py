@@ -53,15 +53,28 @@ def base_image_name() -> str:
     return chosen.read_text().strip() if chosen.is_file() else OFFICIAL_BASE
 
 
-def run_sh(client, image: str, script: str) -> tuple[int, str]:
-    """Run `sh -c script` as root in a throw-away container of image, without network."""
-    container = client.containers.run(image, entrypoint=["sh", "-c", script], user="0",
-                                      network_disabled=True, detach=True, labels=LABEL)
+def run_to_exit(client, image: str, timeout: float = 60, **options) -> tuple[int | str, str]:
+    """Run `image` in a throw-away container without network until it exits: its exit code (or
+    "still running after N s") and its logs. The container goes, with the anonymous volumes of
+    its image's VOLUMEs."""
+    container = client.containers.run(image, network_disabled=True, detach=True, labels=LABEL,
+                                      **options)
     try:
-        code = container.wait(timeout=60)["StatusCode"]
+        try:
+            code = container.wait(timeout=timeout)["StatusCode"]
+        except (requests.exceptions.RequestException, TimeoutError):
+            code = f"still running after {timeout:.0f} s"
         return code, container.logs().decode(errors="replace")
     finally:
-        container.remove(force=True, v=True)  # and the anonymous volumes of its image's VOLUMEs
+        container.remove(force=True, v=True)
+
+
+def run_sh(client, image: str, script: str) -> tuple[int, str]:
+    """Run `sh -c script` as root in a throw-away container of image, without network; a
+    script still running after 60 s fails the test (its callers read any exit code)."""
+    code, out = run_to_exit(client, image, entrypoint=["sh", "-c", script], user="0")
+    assert isinstance(code, int), f"sh -c in {image}: {code}\n{out}"
+    return code, out
 
 
 @pytest.fixture(scope="module")
@@ -177,16 +190,7 @@ REDIS_USERS = {"REDIS_ADMIN_PASSWORD": "a", "REDIS_WORKER_PASSWORD": "w", "REDIS
 def test_a_secret_given_twice_or_unreadable_stops_the_server_naming_it(client, stack, server, env,
                                                                       named):
     (image,) = [i for i in stack.images() if any(t.startswith(f"trinity/{server}:") for t in i.tags)]
-    container = client.containers.run(image.id, environment=env, detach=True, labels=LABEL,
-                                      network_disabled=True)
-    try:
-        try:
-            code = container.wait(timeout=30)["StatusCode"]
-        except (requests.exceptions.RequestException, TimeoutError):
-            code = "still running after 30 s"
-        logs = container.logs().decode(errors="replace")
-    finally:
-        container.remove(force=True, v=True)
+    code, logs = run_to_exit(client, image.id, timeout=30, environment=env)
     assert code == 1 and named in logs, (code, logs)
 
 
